@@ -1,0 +1,266 @@
+"""Packet protection (RFC 9001 §5, RFC 9369 §3.3): keys, AEAD, header protection, Retry.
+
+TLS hands over traffic secrets; this module turns each into the three things QUIC
+needs (AEAD key, IV, header-protection key) and applies them to packets. Cipher
+objects are built once per :class:`PacketKeys` and reused, so protecting a packet costs
+one AEAD call and one block of header-protection cipher, not a key schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from enum import IntEnum
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+
+from . import uapi
+from .packet import decode_packet_number
+
+SAMPLE_SIZE = 16
+AEAD_TAG_SIZE = 16
+
+INITIAL_SALT = {
+    uapi.QUIC_VERSION_V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
+    uapi.QUIC_VERSION_V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
+}
+# RFC 9001 §5.8 and RFC 9369 §3.3.3: fixed key and nonce of the Retry integrity tag.
+RETRY_KEY = {
+    uapi.QUIC_VERSION_V1: (
+        bytes.fromhex("be0c690b9f66575a1d766b54e368c84e"),
+        bytes.fromhex("461599d35d632bf2239825bb"),
+    ),
+    uapi.QUIC_VERSION_V2: (
+        bytes.fromhex("8fb4b01b56ac48e260fbcbcead7ccc92"),
+        bytes.fromhex("d86969bc2d7c6d9990efb04a"),
+    ),
+}
+# HKDF labels: v2 renames them so v1 and v2 keys never coincide (RFC 9369 §3.3.2).
+LABELS = {
+    uapi.QUIC_VERSION_V1: (b"quic key", b"quic iv", b"quic hp", b"quic ku"),
+    uapi.QUIC_VERSION_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp", b"quicv2 ku"),
+}
+
+
+class CipherSuite(IntEnum):
+    """TLS 1.3 AEADs usable by QUIC, numbered as Linux's TLS_CIPHER_* (quic/uapi.py), so a
+    QUIC_SOCKOPT_CRYPTO_SECRET record's ``type`` names its suite directly."""
+
+    AES_128_GCM = uapi.TLS_CIPHER_AES_GCM_128
+    AES_256_GCM = uapi.TLS_CIPHER_AES_GCM_256
+    AES_128_CCM = uapi.TLS_CIPHER_AES_CCM_128
+    CHACHA20_POLY1305 = uapi.TLS_CIPHER_CHACHA20_POLY1305
+
+
+# suite: (hash name, key length, AEAD class)
+SUITE_PARAMS = {
+    CipherSuite.AES_128_GCM: ("sha256", 16, AESGCM),
+    CipherSuite.AES_256_GCM: ("sha384", 32, AESGCM),
+    CipherSuite.AES_128_CCM: ("sha256", 16, AESCCM),
+    CipherSuite.CHACHA20_POLY1305: ("sha256", 32, ChaCha20Poly1305),
+}
+# RFC 9001 §6.6 and App. B: packets one key may protect, and forgeries it may reject,
+# before a key update is due (CCM's figure is 2^21.5, rounded down).
+CONFIDENTIALITY_LIMIT = {
+    CipherSuite.AES_128_GCM: 2**23,
+    CipherSuite.AES_256_GCM: 2**23,
+    CipherSuite.AES_128_CCM: 2_965_820,
+    CipherSuite.CHACHA20_POLY1305: 2**62,
+}
+INTEGRITY_LIMIT = {
+    CipherSuite.AES_128_GCM: 2**52,
+    CipherSuite.AES_256_GCM: 2**52,
+    CipherSuite.AES_128_CCM: 2_965_820,
+    CipherSuite.CHACHA20_POLY1305: 2**36,
+}
+
+
+class DecryptionError(Exception):
+    """A packet that does not open. RFC 9001 §5.2: it is dropped, not a connection error."""
+
+
+def hkdf_extract(salt: bytes, ikm: bytes, hash_name: str = "sha256") -> bytes:
+    return hmac.new(salt, ikm, hash_name).digest()
+
+
+def hkdf_expand_label(
+    secret: bytes, label: bytes, context: bytes, length: int, hash_name: str = "sha256"
+) -> bytes:
+    """TLS 1.3 HKDF-Expand-Label (RFC 8446 §7.1) with the "tls13 " prefix."""
+    full_label = b"tls13 " + label
+    info = (
+        length.to_bytes(2, "big")
+        + bytes((len(full_label),))
+        + full_label
+        + bytes((len(context),))
+        + context
+    )
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.new(secret, block + info + bytes((counter,)), hash_name).digest()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def _labels(version: int) -> tuple[bytes, bytes, bytes, bytes]:
+    try:
+        return LABELS[version]
+    except KeyError:
+        raise ValueError(f"no packet protection for QUIC version 0x{version:08x}") from None
+
+
+def initial_secrets(dcid: bytes, version: int) -> tuple[bytes, bytes]:
+    """(client, server) Initial secrets for the client's first Destination Connection ID."""
+    _labels(version)
+    initial = hkdf_extract(INITIAL_SALT[version], dcid)
+    return (
+        hkdf_expand_label(initial, b"client in", b"", 32),
+        hkdf_expand_label(initial, b"server in", b"", 32),
+    )
+
+
+class PacketKeys:
+    """Keys of one direction and one key phase, with their cipher objects ready."""
+
+    __slots__ = ("_aead", "_hp_ecb", "_iv_int", "hp", "iv", "key", "secret", "suite", "version")
+
+    def __init__(
+        self,
+        suite: CipherSuite,
+        secret: bytes,
+        version: int,
+        key: bytes,
+        iv: bytes,
+        hp: bytes,
+        hp_cipher=None,
+    ) -> None:
+        self.suite = suite
+        self.secret = secret
+        self.version = version
+        self.key = key
+        self.iv = iv
+        self.hp = hp
+        self._iv_int = int.from_bytes(iv, "big")
+        self._aead = SUITE_PARAMS[suite][2](key)
+        if hp_cipher is not None:
+            self._hp_ecb = hp_cipher
+        elif suite == CipherSuite.CHACHA20_POLY1305:
+            self._hp_ecb = None
+        else:
+            self._hp_ecb = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+
+    @classmethod
+    def from_secret(cls, suite: CipherSuite | int, secret: bytes, version: int) -> PacketKeys:
+        try:
+            suite = CipherSuite(suite)
+        except ValueError:
+            raise ValueError(f"unsupported cipher type {suite}") from None
+        hash_name, key_len, _ = SUITE_PARAMS[suite]
+        key_label, iv_label, hp_label, _ = _labels(version)
+        return cls(
+            suite,
+            secret,
+            version,
+            hkdf_expand_label(secret, key_label, b"", key_len, hash_name),
+            hkdf_expand_label(secret, iv_label, b"", 12, hash_name),
+            hkdf_expand_label(secret, hp_label, b"", key_len, hash_name),
+        )
+
+    def next_generation(self) -> PacketKeys:
+        """Keys after a key update (RFC 9001 §6.1); the header-protection key stays."""
+        hash_name, key_len, _ = SUITE_PARAMS[self.suite]
+        key_label, iv_label, _, ku_label = _labels(self.version)
+        secret = hkdf_expand_label(
+            self.secret, ku_label, b"", hashlib.new(hash_name).digest_size, hash_name
+        )
+        return PacketKeys(
+            self.suite,
+            secret,
+            self.version,
+            hkdf_expand_label(secret, key_label, b"", key_len, hash_name),
+            hkdf_expand_label(secret, iv_label, b"", 12, hash_name),
+            self.hp,
+            self._hp_ecb,
+        )
+
+    def _nonce(self, pn: int) -> bytes:
+        return (self._iv_int ^ pn).to_bytes(12, "big")
+
+    def hp_mask(self, sample: bytes) -> bytes:
+        """Five mask bytes from a 16-byte sample (RFC 9001 §5.4.3, §5.4.4)."""
+        if self._hp_ecb is not None:
+            return self._hp_ecb.update(sample)[:5]
+        chacha = Cipher(algorithms.ChaCha20(self.hp, bytes(sample)), None).encryptor()
+        return chacha.update(b"\0\0\0\0\0")
+
+    def protect(self, header: bytes, payload: bytes, pn: int) -> bytes:
+        """Seal ``payload`` under ``header`` (which ends with the packet number) and apply
+        header protection; returns the packet as it goes on the wire."""
+        pn_len = (header[0] & 0x03) + 1
+        pn_offset = len(header) - pn_len
+        ciphertext = self._aead.encrypt(self._nonce(pn), bytes(payload), bytes(header))
+        sample_at = 4 - pn_len
+        mask = self.hp_mask(ciphertext[sample_at : sample_at + SAMPLE_SIZE])
+        out = bytearray(header)
+        out[0] ^= mask[0] & (0x0F if header[0] & 0x80 else 0x1F)
+        for i in range(pn_len):
+            out[pn_offset + i] ^= mask[1 + i]
+        out += ciphertext
+        return bytes(out)
+
+    def remove_header_protection(
+        self, packet: bytes | memoryview, pn_offset: int
+    ) -> tuple[bytearray, int, int, int]:
+        """Unmask the first byte and packet number: (plain header, first byte, truncated
+        packet number, its length). The key-phase bit is readable only after this."""
+        if len(packet) < pn_offset + 4 + SAMPLE_SIZE:
+            raise DecryptionError("packet too short to sample")
+        mask = self.hp_mask(bytes(packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]))
+        first = packet[0] ^ (mask[0] & (0x0F if packet[0] & 0x80 else 0x1F))
+        pn_len = (first & 0x03) + 1
+        header = bytearray(packet[: pn_offset + pn_len])
+        header[0] = first
+        truncated = 0
+        for i in range(pn_len):
+            byte = header[pn_offset + i] ^ mask[1 + i]
+            header[pn_offset + i] = byte
+            truncated = (truncated << 8) | byte
+        return header, first, truncated, pn_len
+
+    @staticmethod
+    def recover_packet_number(truncated: int, pn_len: int, largest_pn: int) -> int:
+        return decode_packet_number(truncated, pn_len * 8, largest_pn)
+
+    def decrypt_payload(
+        self, header: bytes | bytearray, packet: bytes | memoryview, payload_offset: int, pn: int
+    ) -> bytes:
+        """Open the AEAD part of ``packet`` starting at ``payload_offset``."""
+        try:
+            return self._aead.decrypt(
+                self._nonce(pn), bytes(packet[payload_offset:]), bytes(header)
+            )
+        except Exception as exc:  # cryptography's InvalidTag, or a too-short ciphertext
+            raise DecryptionError("packet does not authenticate") from exc
+
+    def unprotect(
+        self, packet: bytes | memoryview, pn_offset: int, largest_pn: int
+    ) -> tuple[bytes, int, bytes]:
+        """(plain header, full packet number, plaintext payload) of one packet."""
+        header, _, truncated, pn_len = self.remove_header_protection(packet, pn_offset)
+        pn = decode_packet_number(truncated, pn_len * 8, largest_pn)
+        payload = self.decrypt_payload(header, packet, pn_offset + pn_len, pn)
+        return bytes(header), pn, payload
+
+
+def retry_integrity_tag(odcid: bytes, retry_without_tag: bytes, version: int) -> bytes:
+    """The Retry Integrity Tag over the Retry pseudo-packet (RFC 9001 §5.8)."""
+    try:
+        key, nonce = RETRY_KEY[version]
+    except KeyError:
+        raise ValueError(f"no Retry integrity key for version 0x{version:08x}") from None
+    pseudo = bytes((len(odcid),)) + odcid + bytes(retry_without_tag)
+    return AESGCM(key).encrypt(nonce, b"", pseudo)
