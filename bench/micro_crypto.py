@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quic import uapi  # noqa: E402
-from quic.crypto import AEAD_TAG_SIZE, CipherSuite, PacketKeys  # noqa: E402
-from quic.packet import encode_short_header  # noqa: E402
+from quic import uapi
+from quic.crypto import AEAD_TAG_SIZE, CipherSuite, PacketKeys
+from quic.packet import encode_short_header
 
 PACKET_SIZE = 1200
 
@@ -47,7 +47,7 @@ def main() -> None:
         assert len(packet) == PACKET_SIZE
         offset = len(header) - 2
         p = rate(lambda k=keys: k.protect(header, payload, 1234), args.seconds)
-        u = rate(lambda k=keys, pk=packet: k.unprotect(pk, offset, 1233), args.seconds)
+        u = rate(lambda k=keys, pk=packet, o=offset: k.unprotect(pk, o, 1233), args.seconds)
         print(f"{suite.name:<20} {p:>14,.0f} {1e6 / p:>6.2f} {u:>16,.0f} {1e6 / u:>6.2f}")
 
 
