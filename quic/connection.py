@@ -1,0 +1,1200 @@
+"""The sans-I/O QUIC connection: bytes and time in, datagrams, events and a deadline out.
+
+It owns no socket, thread or clock (DESIGN §1). The socket layer feeds it datagrams
+(:meth:`Connection.receive_datagram`) and timer expiries (:meth:`Connection.handle_timer`),
+drives the TLS handshake through the same seam the kernel offers to ``tlshd``
+(handshake records in and out per crypto level, secrets, transport-parameter extension
+bytes), and collects datagrams to send with :meth:`Connection.datagrams_to_send`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from . import uapi
+from .cong import make_congestion_control
+from .connid import DestinationConnectionIds, SourceConnectionIds
+from .crypto import CipherSuite, DecryptionError, PacketKeys, initial_secrets
+from .errors import QuicError, TransportError
+from .frame import (
+    Ack,
+    ConnectionClose,
+    Crypto,
+    DataBlocked,
+    Datagram,
+    FrameType,
+    HandshakeDone,
+    MaxData,
+    MaxStreamData,
+    MaxStreams,
+    NewConnectionId,
+    NewToken,
+    PathChallenge,
+    PathResponse,
+    Ping,
+    ResetStream,
+    RetireConnectionId,
+    StopSending,
+    Stream,
+    StreamDataBlocked,
+    StreamsBlocked,
+    check_frames_allowed,
+    decode_frames,
+    encode_frame,
+    encode_stream_header,
+)
+from .packet import (
+    MIN_INITIAL_SIZE,
+    PacketType,
+    encode_long_header,
+    encode_short_header,
+    iter_packets,
+    packet_number_length,
+)
+from .pnspace import PnSpace
+from .recovery import LossRecovery, PacketNumberSpace, SentPacket
+from .stream import CryptoStream, FlowController, StreamManager
+from .transport_params import (
+    TransportParameters,
+    decode_transport_parameters,
+    encode_transport_parameters,
+)
+from .varint import varint_size
+
+log = logging.getLogger(__name__)
+
+AEAD_TAG_SIZE = 16
+# Undecryptable packets kept per level until its keys arrive (RFC 9001 §5.7).
+MAX_BUFFERED_PACKETS = 16
+# Datagrams produced per call, so one call cannot monopolise the caller's thread.
+MAX_DATAGRAMS_PER_FLUSH = 64
+
+INITIAL, HANDSHAKE, APP, EARLY = (
+    uapi.QUIC_CRYPTO_INITIAL,
+    uapi.QUIC_CRYPTO_HANDSHAKE,
+    uapi.QUIC_CRYPTO_APP,
+    uapi.QUIC_CRYPTO_EARLY,
+)
+LEVEL_SPACE = {
+    INITIAL: PacketNumberSpace.INITIAL,
+    HANDSHAKE: PacketNumberSpace.HANDSHAKE,
+    APP: PacketNumberSpace.APPLICATION,
+    EARLY: PacketNumberSpace.APPLICATION,
+}
+PACKET_LEVEL = {
+    PacketType.INITIAL: INITIAL,
+    PacketType.HANDSHAKE: HANDSHAKE,
+    PacketType.ZERO_RTT: EARLY,
+    PacketType.ONE_RTT: APP,
+}
+LEVEL_PACKET = {level: ptype for ptype, level in PACKET_LEVEL.items()}
+
+
+class State(IntEnum):
+    ESTABLISHING = 0
+    ESTABLISHED = 1
+    CLOSING = 2  # we sent CONNECTION_CLOSE (RFC 9000 §10.2.1)
+    DRAINING = 3  # the peer did (RFC 9000 §10.2.2)
+    CLOSED = 4
+
+
+@dataclass
+class ConnectionConfig:
+    """What a socket fixes before the connection starts."""
+
+    is_client: bool
+    version: int = uapi.QUIC_VERSION_V1
+    local_params: TransportParameters = field(default_factory=TransportParameters)
+    cid_length: int = 8
+    congestion_control: int = uapi.QUIC_CONG_ALG_RENO
+    initial_rtt: float = uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT / 1e6
+    max_datagram_size: int = MIN_INITIAL_SIZE
+    reset_key: bytes = field(default_factory=lambda: os.urandom(32))
+    token: bytes = b""  # client: token for the first Initial
+    event_mask: int = 0  # bit N set: lxin event type N is reported
+
+
+# Records kept in SentPacket.frames, telling what to do when a packet is acked or lost.
+REC_ACK, REC_CRYPTO, REC_STREAM, REC_CONTROL, REC_HANDSHAKE_DONE = range(5)
+REC_MAX_DATA, REC_MAX_STREAM_DATA, REC_MAX_STREAMS, REC_DATAGRAM, REC_PING = range(5, 10)
+
+
+@dataclass(slots=True)
+class CloseInfo:
+    error_code: int
+    frame_type: int | None  # None for an application close
+    reason: bytes
+    remote: bool
+
+
+class Connection:
+    """One QUIC connection, either role. Not thread-safe: the socket layer locks."""
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        *,
+        dcid: bytes,
+        scid: bytes,
+        peer_addr: tuple,
+        now: float,
+        original_dcid: bytes | None = None,
+        on_cid_add: Callable[[bytes], None] | None = None,
+        on_cid_remove: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.is_client = config.is_client
+        self.version = config.version
+        self.peer_addr = peer_addr
+        self.state = State.ESTABLISHING
+        self.close_info: CloseInfo | None = None
+        # The DCID the client's first Initial carried: it keys the Initial secrets and
+        # the server echoes it in original_destination_connection_id.
+        self.original_dcid = dcid if self.is_client else (original_dcid or b"")
+        self.scid = scid
+        self.source_cids = SourceConnectionIds(
+            config.reset_key, scid, config.cid_length, on_cid_add, on_cid_remove
+        )
+        self.dest_cids = DestinationConnectionIds(
+            dcid, config.local_params.active_connection_id_limit
+        )
+        self.spaces = [PnSpace(), PnSpace(), PnSpace()]
+        self.send_keys: list[PacketKeys | None] = [None] * 4
+        self.recv_keys: list[PacketKeys | None] = [None] * 4
+        self.recv_keys_next: PacketKeys | None = None
+        self.recv_keys_prev: PacketKeys | None = None
+        self.key_phase = 0
+        self.crypto = {lvl: CryptoStream() for lvl in (INITIAL, HANDSHAKE, APP)}
+        self.recovery = LossRecovery(
+            make_congestion_control(config.congestion_control, config.max_datagram_size),
+            is_client=self.is_client,
+            initial_rtt=config.initial_rtt,
+        )
+        # RFC 9002 §6.2.2.1: only a client waits for the server to validate its address.
+        self.recovery.peer_completed_address_validation = not self.is_client
+        self.max_datagram_size = config.max_datagram_size
+        self.local_params = config.local_params
+        self.peer_params: TransportParameters | None = None
+        self.streams = StreamManager(self.is_client, self.local_params)
+        self.flow_send = FlowController(0)
+        self.flow_recv = FlowController(self.local_params.initial_max_data)
+        self._install_initial_keys(self.original_dcid)
+        # What the socket layer reads.
+        self.crypto_inbox: deque[tuple[int, bytes]] = deque()
+        self.readable: dict[int, None] = {}
+        self.datagrams_in: deque[bytes] = deque()
+        self.notifications: deque[tuple[int, bytes]] = deque()
+        # What is waiting to be sent.
+        self.control: deque[tuple[object, tuple]] = deque()
+        self.datagrams_out: deque[bytes] = deque()
+        self.sending: dict[int, None] = {}
+        self.pending_max_data = False
+        self.pending_max_streams = [False, False]
+        self.pending_ping = 0
+        self.handshake_done_pending = False
+        self.handshake_complete = False
+        self.handshake_confirmed = False
+        self.peer_address_validated = self.is_client
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.buffered_packets: dict[int, list[tuple[bytes, float]]] = {}
+        self.idle_deadline = now + self._idle_timeout()
+        self.close_deadline: float | None = None
+        self.close_pending = False
+        self.last_close_sent = 0.0
+        self.token = config.token
+        self._packet_dcid = b""
+
+    # ------------------------------------------------------------------
+    # handshake seam: what tlshd/libquic drive through the socket API
+
+    def _install_initial_keys(self, dcid: bytes) -> None:
+        client, server = initial_secrets(dcid, self.version)
+        suite = CipherSuite.AES_128_GCM
+        mine, theirs = (client, server) if self.is_client else (server, client)
+        self.send_keys[INITIAL] = PacketKeys.from_secret(suite, mine, self.version)
+        self.recv_keys[INITIAL] = PacketKeys.from_secret(suite, theirs, self.version)
+
+    def handshake_send(self, level: int, data: bytes) -> None:
+        """Handshake bytes from TLS, to go out in CRYPTO frames at ``level``."""
+        if level not in self.crypto or self.send_keys[level] is None:
+            raise ValueError(f"no send keys for crypto level {level}")
+        self.crypto[level].write(data)
+
+    def set_secret(self, level: int, send: bool, cipher_type: int, secret: bytes) -> None:
+        """QUIC_SOCKOPT_CRYPTO_SECRET: install one traffic secret for one direction."""
+        if self.state != State.ESTABLISHING:
+            raise ValueError("secrets are set only while the connection is establishing")
+        keys = PacketKeys.from_secret(CipherSuite(cipher_type), secret, self.version)
+        if level == HANDSHAKE:
+            self.recovery.has_handshake_keys = True
+        if send:
+            self.send_keys[level] = keys
+        else:
+            self.recv_keys[level] = keys
+            if level == APP:
+                self.recv_keys_next = keys.next_generation()
+        if level in (HANDSHAKE, APP) and not send:
+            self._replay_buffered(level)
+        if level == EARLY and not send:
+            self._replay_buffered(EARLY)
+        if self.send_keys[APP] is not None and self.recv_keys[APP] is not None:
+            self._on_handshake_complete()
+
+    def local_transport_params(self) -> bytes:
+        """QUIC_SOCKOPT_TRANSPORT_PARAM_EXT get: our parameters, encoded for TLS."""
+        params = self.local_params
+        params.initial_source_connection_id = self.scid
+        if not self.is_client:
+            params.original_destination_connection_id = self.original_dcid
+            params.stateless_reset_token = self.source_cids.ids[0].reset_token
+        return encode_transport_parameters(params)
+
+    def set_peer_transport_params(self, data: bytes) -> None:
+        """QUIC_SOCKOPT_TRANSPORT_PARAM_EXT set: the peer's parameters from TLS."""
+        params = decode_transport_parameters(data, from_server=self.is_client)
+        if params.initial_source_connection_id != self.dest_cids.active.cid:
+            raise QuicError(
+                TransportError.TRANSPORT_PARAMETER_ERROR,
+                0,
+                "initial_source_connection_id does not match the peer's SCID",
+            )
+        if self.is_client:
+            if params.original_destination_connection_id != self.original_dcid:
+                raise QuicError(
+                    TransportError.TRANSPORT_PARAMETER_ERROR,
+                    0,
+                    "original_destination_connection_id does not match",
+                )
+            if params.stateless_reset_token is not None:
+                self.dest_cids.set_reset_token(params.stateless_reset_token)
+        self.peer_params = params
+        self.streams.set_peer_params(params)
+        self.flow_send.on_max_data(params.initial_max_data)
+        self.recovery.max_ack_delay = params.max_ack_delay / 1000
+        self.idle_deadline = self.idle_deadline  # re-armed on next activity
+
+    def _on_handshake_complete(self) -> None:
+        self.handshake_complete = True
+        self.state = State.ESTABLISHED
+        if not self.is_client:
+            # RFC 9001 §4.1.2: the server's handshake is confirmed once complete.
+            self.handshake_done_pending = True
+            self._confirm_handshake()
+        self._issue_connection_ids()
+
+    def _confirm_handshake(self) -> None:
+        """RFC 9001 §4.9.2: Handshake keys go once the handshake is confirmed."""
+        if self.handshake_confirmed:
+            return
+        self.handshake_confirmed = True
+        self.recovery.handshake_confirmed = True
+        self._discard_level(HANDSHAKE)
+
+    def _discard_level(self, level: int) -> None:
+        if self.send_keys[level] is None and self.recv_keys[level] is None:
+            return
+        self.send_keys[level] = None
+        self.recv_keys[level] = None
+        self.recovery.discard_space(LEVEL_SPACE[level])
+        self.buffered_packets.pop(level, None)
+
+    def _issue_connection_ids(self) -> None:
+        if self.peer_params is None:
+            return
+        for _ in range(
+            self.source_cids.wanted(min(self.peer_params.active_connection_id_limit, 8))
+        ):
+            entry = self.source_cids.issue()
+            frame = NewConnectionId(
+                entry.sequence, self.source_cids.retire_prior_to, entry.cid, entry.reset_token
+            )
+            self.control.append((frame, (REC_CONTROL, frame)))
+
+    # ------------------------------------------------------------------
+    # receiving
+
+    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
+        """One UDP datagram from ``addr``; may hold several coalesced packets."""
+        if self.state >= State.DRAINING:
+            return
+        self.bytes_received += len(data)
+        if self.state == State.CLOSING:
+            # RFC 9000 §10.2.1: answer anything with the close again, but not every time.
+            self.close_pending = True
+            return
+        fixed_bit = not (self.local_params.grease_quic_bit)
+        packets = iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
+        while True:
+            try:
+                header = next(packets)
+            except StopIteration:
+                break
+            except QuicError:
+                break  # the rest of the datagram is malformed: drop it, keep what came before
+            try:
+                self._receive_packet(data, header, addr, now)
+            except QuicError as exc:
+                self._close_on_error(exc, now)
+                return
+            if self.state >= State.DRAINING:
+                return
+
+    def _receive_packet(self, data: bytes, header, addr: tuple, now: float) -> None:
+        ptype = header.packet_type
+        if ptype == PacketType.VERSION_NEGOTIATION:
+            self._on_version_negotiation(header, now)
+            return
+        if ptype == PacketType.RETRY or ptype is None:
+            return  # Retry handling belongs to address validation; unknown versions drop
+        if header.version and header.version != self.version:
+            return
+        level = PACKET_LEVEL[ptype]
+        keys = self.recv_keys[level]
+        packet = memoryview(data)[header.packet_start : header.packet_end]
+        pn_offset = header.pn_offset - header.packet_start
+        if keys is None:
+            self._buffer_packet(level, bytes(packet), now)
+            return
+        space = self.spaces[LEVEL_SPACE[level]]
+        try:
+            if level == APP:
+                plain_header, pn, payload = self._open_app_packet(packet, pn_offset, space)
+            else:
+                plain_header, pn, payload = keys.unprotect(
+                    packet, pn_offset, space.largest_received
+                )
+        except DecryptionError:
+            return
+        first = plain_header[0]
+        if first & (0x0C if first & 0x80 else 0x18):
+            raise QuicError(TransportError.PROTOCOL_VIOLATION, 0, "reserved header bits set")
+        if space.is_duplicate(pn):
+            return
+        if ptype == PacketType.INITIAL and self.is_client and not self.spaces[0].ranges:
+            # The server chose its own CID: our packets carry it from now on.
+            self.dest_cids.replace_initial(header.scid)
+        if ptype == PacketType.HANDSHAKE and not self.is_client:
+            # RFC 9001 §4.9.1: a Handshake packet proves the client's address and ends
+            # the Initial space for the server.
+            self.peer_address_validated = True
+            self._discard_level(INITIAL)
+        self._packet_dcid = header.dcid
+        frames = decode_frames(payload)
+        check_frames_allowed(frames, ptype)
+        ack_eliciting = False
+        handlers = self._handlers
+        for frame in frames:
+            handler = handlers.get(type(frame))
+            if handler is not None and handler(self, frame, level, now):
+                ack_eliciting = True
+            if self.state >= State.DRAINING:
+                return
+        space.on_received(pn, ack_eliciting, now)
+        self.idle_deadline = now + self._idle_timeout()
+
+    def _open_app_packet(self, packet: memoryview, pn_offset: int, space: PnSpace):
+        """Open a 1-RTT packet, following the peer's key phase (RFC 9001 §6)."""
+        keys = self.recv_keys[APP]
+        plain_header, first, truncated, pn_len = keys.remove_header_protection(packet, pn_offset)
+        pn = keys.recover_packet_number(truncated, pn_len, space.largest_received)
+        phase = (first >> 2) & 1
+        if phase == self.key_phase:
+            return (
+                plain_header,
+                pn,
+                keys.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn),
+            )
+        if self.recv_keys_prev is not None and pn < space.largest_received:
+            prev = self.recv_keys_prev
+            return (
+                plain_header,
+                pn,
+                prev.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn),
+            )
+        # The peer started a key update: the next generation must open it.
+        nxt = self.recv_keys_next
+        payload = nxt.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn)
+        self.recv_keys_prev = keys
+        self.recv_keys[APP] = nxt
+        self.recv_keys_next = nxt.next_generation()
+        self.key_phase ^= 1
+        self.send_keys[APP] = self.send_keys[APP].next_generation()
+        self._notify(uapi.QUIC_EVENT_KEY_UPDATE, bytes((self.key_phase,)))
+        return plain_header, pn, payload
+
+    def _buffer_packet(self, level: int, packet: bytes, now: float) -> None:
+        """Keep a packet whose keys are not there yet (RFC 9001 §5.7), unless that level is
+        already over."""
+        if level == INITIAL or (level == HANDSHAKE and self.handshake_confirmed):
+            return
+        queue = self.buffered_packets.setdefault(level, [])
+        if len(queue) < MAX_BUFFERED_PACKETS:
+            queue.append((packet, now))
+
+    def _replay_buffered(self, level: int) -> None:
+        for packet, when in self.buffered_packets.pop(level, []):
+            self.bytes_received -= len(packet)  # counted when the datagram arrived
+            self.receive_datagram(packet, self.peer_addr, when)
+
+    def _on_version_negotiation(self, header, now: float) -> None:
+        """RFC 9000 §6.2: a client gives up when none of its versions is offered, and ignores
+        a VN once it has processed any other packet from the server."""
+        if not self.is_client or any(s.ranges for s in self.spaces):
+            return
+        if self.version in header.supported_versions:
+            return
+        self.close_info = CloseInfo(
+            TransportError.VERSION_NEGOTIATION_ERROR, 0, b"no common QUIC version", True
+        )
+        self.state = State.CLOSED
+        self._notify_close()
+
+    # frame handlers: return False for frames that are not ack-eliciting
+
+    def _on_ack(self, frame: Ack, level: int, now: float) -> bool:
+        space_id = LEVEL_SPACE[level]
+        space = self.spaces[space_id]
+        if frame.largest >= space.next_pn:
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION, FrameType.ACK, "ack of unsent packet"
+            )
+        exponent = self.peer_params.ack_delay_exponent if self.peer_params else 3
+        ack_delay = (frame.ack_delay << exponent) / 1e6 if level == APP else 0.0
+        result = self.recovery.on_ack_received(space_id, frame.ranges, ack_delay, now, frame.ecn)
+        space.on_acked(frame.largest)
+        for pkt in result.acked:
+            for rec in pkt.frames:
+                self._record_acked(rec)
+        for pkt in result.lost:
+            for rec in pkt.frames:
+                self._record_lost(rec)
+        return False
+
+    def _on_crypto(self, frame: Crypto, level: int, now: float) -> bool:
+        stream = self.crypto[level if level != EARLY else APP]
+        stream.on_frame(frame.offset, frame.data)
+        data = stream.read()
+        if data:
+            if level == APP and self.handshake_complete and self.is_client:
+                self._notify(uapi.QUIC_EVENT_NEW_SESSION_TICKET, data)
+            self.crypto_inbox.append((level, data))
+        return True
+
+    def _on_stream(self, frame: Stream, level: int, now: float) -> bool:
+        stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STREAM)
+        if stream.recv is None:
+            raise QuicError(
+                TransportError.STREAM_STATE_ERROR, FrameType.STREAM, "stream is send-only"
+            )
+        new = stream.recv.on_frame(frame.offset, frame.data, frame.fin)
+        self.flow_recv.on_received(new)
+        if stream.recv.readable or stream.recv.fin_ready:
+            self.readable[frame.stream_id] = None
+        return True
+
+    def _on_reset_stream(self, frame: ResetStream, level: int, now: float) -> bool:
+        stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.RESET_STREAM)
+        if stream is None or stream.recv is None:
+            raise QuicError(
+                TransportError.STREAM_STATE_ERROR, FrameType.RESET_STREAM, "no receive side"
+            )
+        self.flow_recv.on_received(stream.recv.on_reset(frame.error_code, frame.final_size))
+        self.readable[frame.stream_id] = None
+        self._notify_stream(
+            frame.stream_id,
+            uapi.QUIC_STREAM_RECV_STATE_RESET_RECVD,
+            frame.error_code,
+            frame.final_size,
+        )
+        return True
+
+    def _on_stop_sending(self, frame: StopSending, level: int, now: float) -> bool:
+        stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STOP_SENDING)
+        if stream.send is None:
+            raise QuicError(
+                TransportError.STREAM_STATE_ERROR, FrameType.STOP_SENDING, "no send side"
+            )
+        final_size = stream.send.on_stop_sending(frame.error_code)
+        if final_size is not None:
+            reset = ResetStream(frame.stream_id, frame.error_code, final_size)
+            self.control.append((reset, (REC_CONTROL, reset)))
+            self._notify_stream(
+                frame.stream_id,
+                uapi.QUIC_STREAM_SEND_STATE_RESET_SENT,
+                frame.error_code,
+                final_size,
+            )
+        return True
+
+    def _on_max_data(self, frame: MaxData, level: int, now: float) -> bool:
+        self.flow_send.on_max_data(frame.maximum)
+        return True
+
+    def _on_max_stream_data(self, frame: MaxStreamData, level: int, now: float) -> bool:
+        stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.MAX_STREAM_DATA)
+        if stream.send is None:
+            raise QuicError(
+                TransportError.STREAM_STATE_ERROR, FrameType.MAX_STREAM_DATA, "no send side"
+            )
+        stream.send.on_max_stream_data(frame.maximum)
+        if stream.send.has_data():
+            self.sending[frame.stream_id] = None
+        self._notify(
+            uapi.QUIC_EVENT_STREAM_MAX_DATA,
+            uapi.QuicStreamMaxData(frame.stream_id, frame.maximum).pack(),
+        )
+        return True
+
+    def _on_max_streams(self, frame: MaxStreams, level: int, now: float) -> bool:
+        if self.streams.on_max_streams(frame.bidi, frame.maximum):
+            kind = 0 if frame.bidi else uapi.QUIC_STREAM_TYPE_UNI_MASK
+            kind |= 0 if self.is_client else uapi.QUIC_STREAM_TYPE_SERVER_MASK
+            self._notify(
+                uapi.QUIC_EVENT_STREAM_MAX_STREAM,
+                ((frame.maximum << 2) | kind).to_bytes(8, "little"),
+            )
+        return True
+
+    def _on_blocked(self, frame, level: int, now: float) -> bool:
+        return True  # informational: our window updates follow the application's reads
+
+    def _on_new_connection_id(self, frame: NewConnectionId, level: int, now: float) -> bool:
+        self.dest_cids.on_new_connection_id(
+            frame.sequence, frame.retire_prior_to, frame.cid, frame.stateless_reset_token
+        )
+        while self.dest_cids.to_retire:
+            retire = RetireConnectionId(self.dest_cids.to_retire.pop(0))
+            self.control.append((retire, (REC_CONTROL, retire)))
+        return True
+
+    def _on_retire_connection_id(self, frame: RetireConnectionId, level: int, now: float) -> bool:
+        self.source_cids.on_retire(frame.sequence, self._packet_dcid)
+        self._issue_connection_ids()
+        return True
+
+    def _on_path_challenge(self, frame: PathChallenge, level: int, now: float) -> bool:
+        response = PathResponse(frame.data)
+        self.control.append((response, (REC_PING,)))  # never retransmitted (RFC 9000 §13.3)
+        return True
+
+    def _on_path_response(self, frame: PathResponse, level: int, now: float) -> bool:
+        return True
+
+    def _on_new_token(self, frame: NewToken, level: int, now: float) -> bool:
+        if not self.is_client:
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION, FrameType.NEW_TOKEN, "server got NEW_TOKEN"
+            )
+        self.token = frame.token
+        self._notify(uapi.QUIC_EVENT_NEW_TOKEN, frame.token)
+        return True
+
+    def _on_connection_close(self, frame: ConnectionClose, level: int, now: float) -> bool:
+        self.close_info = CloseInfo(frame.error_code, frame.frame_type, frame.reason, True)
+        self.state = State.DRAINING
+        self.close_deadline = now + 3 * self.recovery.pto_interval()
+        self._notify_close()
+        return False
+
+    def _on_handshake_done(self, frame: HandshakeDone, level: int, now: float) -> bool:
+        if not self.is_client:
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION,
+                FrameType.HANDSHAKE_DONE,
+                "client sent HANDSHAKE_DONE",
+            )
+        self._confirm_handshake()
+        return True
+
+    def _on_datagram(self, frame: Datagram, level: int, now: float) -> bool:
+        if (
+            not self.local_params.max_datagram_frame_size
+            or len(frame.data) > self.local_params.max_datagram_frame_size
+        ):
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION, FrameType.DATAGRAM, "unexpected DATAGRAM"
+            )
+        self.datagrams_in.append(bytes(frame.data))
+        return True
+
+    def _on_ping(self, frame: Ping, level: int, now: float) -> bool:
+        return True
+
+    _handlers = {
+        Ack: _on_ack,
+        Crypto: _on_crypto,
+        Stream: _on_stream,
+        ResetStream: _on_reset_stream,
+        StopSending: _on_stop_sending,
+        MaxData: _on_max_data,
+        MaxStreamData: _on_max_stream_data,
+        MaxStreams: _on_max_streams,
+        DataBlocked: _on_blocked,
+        StreamDataBlocked: _on_blocked,
+        StreamsBlocked: _on_blocked,
+        NewConnectionId: _on_new_connection_id,
+        RetireConnectionId: _on_retire_connection_id,
+        PathChallenge: _on_path_challenge,
+        PathResponse: _on_path_response,
+        NewToken: _on_new_token,
+        ConnectionClose: _on_connection_close,
+        HandshakeDone: _on_handshake_done,
+        Datagram: _on_datagram,
+        Ping: _on_ping,
+    }
+
+    # ------------------------------------------------------------------
+    # acked and lost records
+
+    def _record_acked(self, rec: tuple) -> None:
+        kind = rec[0]
+        if kind == REC_STREAM:
+            _, stream, offset, length, fin = rec
+            stream.send.on_acked(offset, length, fin)
+            if stream.send.state == uapi.QUIC_STREAM_SEND_STATE_RECVD:
+                self._notify_stream(
+                    stream.stream_id,
+                    uapi.QUIC_STREAM_SEND_STATE_RECVD,
+                    0,
+                    stream.send.final_size or 0,
+                )
+                self.streams.maybe_forget(stream.stream_id)
+        elif kind == REC_ACK:
+            self.spaces[rec[1]].on_ack_of_ack(rec[2])
+        elif kind == REC_CRYPTO:
+            self.crypto[rec[1]].on_acked(rec[2], rec[3])
+
+    def _record_lost(self, rec: tuple) -> None:
+        kind = rec[0]
+        if kind == REC_STREAM:
+            _, stream, offset, length, fin = rec
+            stream.send.on_lost(offset, length, fin)
+            self.sending[stream.stream_id] = None
+        elif kind == REC_CRYPTO:
+            if self.send_keys[rec[1]] is not None:
+                self.crypto[rec[1]].on_lost(rec[2], rec[3])
+        elif kind == REC_CONTROL:
+            self.control.append((rec[1], rec))
+        elif kind == REC_HANDSHAKE_DONE:
+            self.handshake_done_pending = True
+        elif kind == REC_MAX_DATA:
+            self.pending_max_data = True
+        elif kind == REC_MAX_STREAM_DATA:
+            rec[1].recv.window_update_lost()
+        elif kind == REC_MAX_STREAMS:
+            self.pending_max_streams[rec[1]] = True
+
+    # ------------------------------------------------------------------
+    # sending
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Datagrams for ``self.peer_addr``, as many as congestion control and the
+        anti-amplification limit allow (bounded per call)."""
+        if self.state == State.CLOSING:
+            return self._close_datagrams(now)
+        if self.state != State.ESTABLISHING and self.state != State.ESTABLISHED:
+            return []
+        out = []
+        while len(out) < MAX_DATAGRAMS_PER_FLUSH:
+            datagram = self._build_datagram(now)
+            if datagram is None:
+                break
+            out.append(datagram)
+        return out
+
+    def _send_budget(self) -> int:
+        """Bytes the next datagram may take: the path MTU, cut by the 3x anti-amplification
+        limit while the peer's address is unvalidated (RFC 9000 §8.1)."""
+        if self.peer_address_validated:
+            return self.max_datagram_size
+        return min(self.max_datagram_size, 3 * self.bytes_received - self.bytes_sent)
+
+    def _build_datagram(self, now: float) -> bytes | None:
+        budget = self._send_budget()
+        if budget < 64:
+            return None
+        cc_room = self.recovery.cc.available(now)
+        if self.pending_ping:
+            # RFC 9002 §7.5: probe packets are not blocked by the congestion window.
+            cc_room = max(cc_room, budget)
+        built = []
+        remaining = budget
+        for level in (INITIAL, HANDSHAKE, APP):
+            if level == APP and self.send_keys[APP] is None:
+                if self.send_keys[EARLY] is None or not self.is_client:
+                    continue
+                level = EARLY
+            if self.send_keys[level] is None:
+                continue
+            packet = self._build_packet(level, remaining, now, cc_room)
+            if packet is None:
+                continue
+            built.append(packet)
+            remaining -= packet[1]
+            if level in (INITIAL, HANDSHAKE) and packet[3].ack_eliciting and self.is_client:
+                cc_room -= packet[1]
+        if not built:
+            return None
+        needs_padding = any(
+            p[0] == INITIAL and (self.is_client or p[3].ack_eliciting) for p in built
+        )
+        datagram = bytearray()
+        for index, (level, _, payload_parts, sent) in enumerate(built):
+            if needs_padding and index == len(built) - 1:
+                pad = MIN_INITIAL_SIZE - (len(datagram) + self._estimate_size(level, payload_parts))
+                if pad > 0:
+                    payload_parts.append(bytes(pad))
+                    sent.in_flight = True
+            encoded = self._seal(level, payload_parts, sent)
+            sent.sent_bytes = len(encoded)
+            datagram += encoded
+        for level, _, _, sent in built:
+            self.spaces[LEVEL_SPACE[level]].take_pn()
+            self.recovery.on_packet_sent(sent)
+            if sent.ack_eliciting:
+                self.idle_deadline = max(self.idle_deadline, now + self._idle_timeout())
+            if level == HANDSHAKE and self.is_client:
+                self._discard_level(INITIAL)  # RFC 9001 §4.9.1
+        self.bytes_sent += len(datagram)
+        return bytes(datagram)
+
+    def _header_size(self, level: int, pn_len: int) -> int:
+        dcid = len(self.dest_cids.active.cid)
+        if level == APP:
+            return 1 + dcid + pn_len
+        size = 1 + 4 + 1 + dcid + 1 + len(self.scid) + 2 + pn_len
+        if level == INITIAL:
+            size += varint_size(len(self.token)) + len(self.token)
+        return size
+
+    def _estimate_size(self, level: int, payload_parts: list) -> int:
+        space = self.spaces[LEVEL_SPACE[level]]
+        pn_len = packet_number_length(space.next_pn, space.largest_acked)
+        return self._header_size(level, pn_len) + sum(map(len, payload_parts)) + AEAD_TAG_SIZE
+
+    def _seal(self, level: int, payload_parts: list, sent: SentPacket) -> bytes:
+        space = self.spaces[LEVEL_SPACE[level]]
+        pn = sent.packet_number
+        pn_len = packet_number_length(pn, space.largest_acked)
+        payload = b"".join(payload_parts)
+        if len(payload) + pn_len < 4:
+            # Header protection samples 16 bytes starting 4 after the packet number.
+            payload += bytes(4 - pn_len - len(payload))
+        dcid = self.dest_cids.active.cid
+        if level == APP:
+            header = encode_short_header(dcid, pn, pn_len, self.key_phase)
+        else:
+            header = encode_long_header(
+                LEVEL_PACKET[level],
+                self.version,
+                dcid,
+                self.scid,
+                self.token if level == INITIAL else b"",
+                pn_len + len(payload) + AEAD_TAG_SIZE,
+                pn,
+                pn_len,
+            )
+        return self.send_keys[level].protect(header, payload, pn)
+
+    def _build_packet(self, level: int, max_size: int, now: float, cc_room: int):
+        """Frames for one packet at ``level``: (level, size, payload parts, SentPacket) or None.
+
+        ACKs go out whether or not congestion control has room; everything else only
+        when it has.
+        """
+        space_id = LEVEL_SPACE[level]
+        space = self.spaces[space_id]
+        pn = space.next_pn
+        pn_len = packet_number_length(pn, space.largest_acked)
+        room = max_size - self._header_size(level, pn_len) - AEAD_TAG_SIZE
+        if room < 32:
+            return None
+        parts: list[bytes] = []
+        records: list[tuple] = []
+        ack_part = self._ack_frame(level, space_id, now, force=False)
+        if ack_part is not None:
+            room -= len(ack_part)
+        elicit_room = min(room, cc_room) if cc_room > 0 else 0
+        used = self._fill_packet(level, elicit_room, parts, records, now)
+        if not parts:
+            if ack_part is None or not self._ack_due(level, space, now):
+                return None
+        elif ack_part is None:
+            ack_part = self._ack_frame(level, space_id, now, force=True)
+        if ack_part is not None:
+            parts.insert(0, ack_part)
+            records.append((REC_ACK, space_id, space.ranges[-1][1]))
+            space.on_ack_sent()
+        ack_eliciting = used > 0
+        sent = SentPacket(
+            packet_number=pn,
+            space=space_id,
+            time_sent=now,
+            sent_bytes=0,
+            ack_eliciting=ack_eliciting,
+            in_flight=ack_eliciting,
+            is_pmtu_probe=False,
+            frames=records,
+        )
+        size = self._header_size(level, pn_len) + sum(map(len, parts)) + AEAD_TAG_SIZE
+        return (level, size, parts, sent)
+
+    def _ack_due(self, level: int, space: PnSpace, now: float) -> bool:
+        delay = self.local_params.max_ack_delay / 1000 if level == APP else 0.0
+        deadline = space.ack_deadline(delay)
+        return deadline is not None and deadline <= now
+
+    def _ack_frame(self, level: int, space_id: int, now: float, force: bool) -> bytes | None:
+        space = self.spaces[space_id]
+        if not space.ranges or (not space.ack_eliciting_unacked and not force):
+            return None
+        delay = 0
+        if level == APP:
+            delay = (
+                int((now - space.largest_received_time) * 1e6)
+                >> self.local_params.ack_delay_exponent
+            )
+        buf = bytearray()
+        encode_frame(Ack(space.ranges[-1][1], max(delay, 0), space.ack_ranges(), None), buf)
+        return bytes(buf)
+
+    def _fill_packet(self, level: int, room: int, parts: list, records: list, now: float) -> int:
+        """Ack-eliciting frames for ``room`` bytes; returns the bytes used."""
+        start = room
+        if room <= 0:
+            return 0
+        stream_level = APP if level == EARLY else level
+        if level != EARLY:
+            room = self._fill_crypto(stream_level, room, parts, records)
+        if level in (APP, EARLY):
+            if level == APP:
+                room = self._fill_control(room, parts, records)
+            room = self._fill_datagrams(room, parts, records)
+            room = self._fill_streams(room, parts, records)
+        if self.pending_ping and room > 0 and room == start:
+            parts.append(b"\x01")
+            records.append((REC_PING,))
+            self.pending_ping -= 1
+            room -= 1
+        return start - room
+
+    def _fill_crypto(self, level: int, room: int, parts: list, records: list) -> int:
+        stream = self.crypto[level]
+        while room > 16:
+            chunk = stream.next_frame(room - 16)
+            if chunk is None:
+                break
+            offset, data = chunk
+            buf = bytearray()
+            encode_frame(Crypto(offset, bytes(data)), buf)
+            parts.append(bytes(buf))
+            records.append((REC_CRYPTO, level, offset, len(data)))
+            room -= len(buf)
+        return room
+
+    def _fill_control(self, room: int, parts: list, records: list) -> int:
+        if self.handshake_done_pending and room > 1:
+            parts.append(b"\x1e")
+            records.append((REC_HANDSHAKE_DONE,))
+            self.handshake_done_pending = False
+            room -= 1
+        update = self.flow_recv.max_data_update()
+        if update is not None or self.pending_max_data:
+            frame = MaxData(self.flow_recv.limit)
+            room = self._append_frame(frame, (REC_MAX_DATA,), room, parts, records)
+            self.pending_max_data = False
+        for uni in (False, True):
+            limit = self.streams.max_streams_update(uni)
+            if limit is None and self.pending_max_streams[uni]:
+                limit = self.streams.local_max_streams(uni)
+            if limit is not None:
+                frame = MaxStreams(not uni, limit)
+                room = self._append_frame(frame, (REC_MAX_STREAMS, uni), room, parts, records)
+                self.pending_max_streams[uni] = False
+        for stream in self.streams.window_updates():
+            frame = MaxStreamData(stream.stream_id, stream.recv.max_stream_data)
+            room = self._append_frame(frame, (REC_MAX_STREAM_DATA, stream), room, parts, records)
+        control = self.control
+        while control and room > 0:
+            frame, rec = control[0]
+            buf = bytearray()
+            encode_frame(frame, buf)
+            if len(buf) > room:
+                break
+            control.popleft()
+            parts.append(bytes(buf))
+            records.append(rec)
+            room -= len(buf)
+        return room
+
+    def _append_frame(self, frame, rec: tuple, room: int, parts: list, records: list) -> int:
+        buf = bytearray()
+        encode_frame(frame, buf)
+        parts.append(bytes(buf))
+        records.append(rec)
+        return room - len(buf)
+
+    def _fill_datagrams(self, room: int, parts: list, records: list) -> int:
+        out = self.datagrams_out
+        while out and room > len(out[0]) + 8:
+            data = out.popleft()
+            buf = bytearray()
+            encode_frame(Datagram(data, True), buf)
+            parts.append(bytes(buf))
+            records.append((REC_DATAGRAM,))
+            room -= len(buf)
+        return room
+
+    def _fill_streams(self, room: int, parts: list, records: list) -> int:
+        """STREAM frames, round-robin over streams with something to send."""
+        sending = self.sending
+        for sid in list(sending):
+            if room < 32:
+                break
+            stream = self.streams.get(sid)
+            if stream is None or stream.send is None:
+                del sending[sid]
+                continue
+            while room >= 32:
+                header_room = room - 24  # stream header: type + id + offset + length
+                chunk = stream.send.next_frame(header_room, self.flow_send.credit)
+                if chunk is None:
+                    break
+                offset, data, fin, new_bytes = chunk
+                self.flow_send.consume(new_bytes)
+                header = encode_stream_header(sid, offset, len(data), fin)
+                parts.append(header)
+                parts.append(data)
+                records.append((REC_STREAM, stream, offset, len(data), fin))
+                room -= len(header) + len(data)
+            if not stream.send.has_data():
+                del sending[sid]
+            else:
+                # Round-robin: the next packet starts with the next stream.
+                del sending[sid]
+                sending[sid] = None
+        return room
+
+    # ------------------------------------------------------------------
+    # timers
+
+    def _idle_timeout(self) -> float:
+        """RFC 9000 §10.1: the smaller non-zero max_idle_timeout of both sides, never below
+        three PTOs; a large value when neither side sets one."""
+        values = [self.local_params.max_idle_timeout]
+        if self.peer_params is not None:
+            values.append(self.peer_params.max_idle_timeout)
+        values = [v for v in values if v]
+        timeout = min(values) / 1000 if values else 3600.0
+        return max(timeout, 3 * self.recovery.pto_interval())
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next."""
+        if self.state == State.CLOSED:
+            return None
+        if self.state >= State.CLOSING:
+            return self.close_deadline
+        deadlines = [self.idle_deadline]
+        loss = self.recovery.loss_detection_deadline()
+        if loss is not None:
+            deadlines.append(loss)
+        for level in (INITIAL, HANDSHAKE, APP):
+            if self.send_keys[level] is None:
+                continue
+            space = self.spaces[LEVEL_SPACE[level]]
+            delay = self.local_params.max_ack_delay / 1000 if level == APP else 0.0
+            ack = space.ack_deadline(delay)
+            if ack is not None:
+                deadlines.append(ack)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        """Whatever was due at ``now``: close/drain end, idle timeout, loss detection, PTO.
+        Due ACKs simply go out with the next :meth:`datagrams_to_send`."""
+        if self.state >= State.CLOSING:
+            if self.close_deadline is not None and now >= self.close_deadline:
+                self.state = State.CLOSED
+            return
+        if now >= self.idle_deadline:
+            self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
+            self.state = State.CLOSED
+            self._notify_close()
+            return
+        loss = self.recovery.loss_detection_deadline()
+        if loss is not None and now >= loss:
+            action = self.recovery.on_loss_detection_timeout(now)
+            for pkt in action.lost:
+                for rec in pkt.frames:
+                    self._record_lost(rec)
+            if action.probe_space is not None:
+                self._send_probe(action.probe_space, action.probe_count)
+
+    def _send_probe(self, space_id: int, count: int) -> None:
+        """A PTO fired (RFC 9002 §6.2.4): resend unacknowledged handshake data, or make sure
+        an ack-eliciting packet goes out."""
+        for level in (INITIAL, HANDSHAKE, APP):
+            if LEVEL_SPACE[level] == space_id and self.send_keys[level] is not None:
+                self.crypto[level].retransmit_unacked()
+        self.pending_ping = max(self.pending_ping, count)
+
+    # ------------------------------------------------------------------
+    # closing
+
+    def close(
+        self, error_code: int, reason: bytes = b"", frame_type: int | None = None, *, now: float
+    ) -> None:
+        """Start an immediate close: CONNECTION_CLOSE 0x1d for an application close
+        (``frame_type`` None), 0x1c for a transport error."""
+        if self.state >= State.CLOSING:
+            return
+        self.close_info = CloseInfo(error_code, frame_type, reason, False)
+        if (
+            not self.handshake_complete
+            and self.send_keys[INITIAL] is None
+            and self.send_keys[HANDSHAKE] is None
+            and self.send_keys[APP] is None
+        ):
+            self.state = State.CLOSED
+        else:
+            self.state = State.CLOSING
+            self.close_pending = True
+            self.close_deadline = now + 3 * self.recovery.pto_interval()
+        self._notify_close()
+
+    def _close_on_error(self, exc: QuicError, now: float) -> None:
+        log.info("closing connection: %s", exc)
+        self.close(exc.code, exc.reason.encode()[:64], exc.frame_type or 0, now=now)
+
+    def _close_datagrams(self, now: float) -> list[bytes]:
+        if not self.close_pending:
+            return []
+        self.close_pending = False
+        info = self.close_info
+        datagram = bytearray()
+        levels = [lvl for lvl in (INITIAL, HANDSHAKE, APP) if self.send_keys[lvl] is not None]
+        for level in levels:
+            if info.frame_type is None and level != APP:
+                # RFC 9000 §10.2.3: before 1-RTT, an application close must not leak
+                # its code or reason.
+                frame = ConnectionClose(TransportError.APPLICATION_ERROR, 0, b"")
+            else:
+                frame = ConnectionClose(info.error_code, info.frame_type, info.reason)
+            buf = bytearray()
+            encode_frame(frame, buf)
+            parts = [bytes(buf)]
+            if level == INITIAL and self.is_client:
+                parts.append(bytes(max(0, MIN_INITIAL_SIZE - 64 - len(buf) - len(datagram))))
+            space = self.spaces[LEVEL_SPACE[level]]
+            sent = SentPacket(space.next_pn, LEVEL_SPACE[level], now, 0, False, False, False, [])
+            space.take_pn()
+            datagram += self._seal(level, parts, sent)
+        return [bytes(datagram)] if datagram else []
+
+    # ------------------------------------------------------------------
+    # notifications (lxin/quic events, off unless enabled)
+
+    def _notify(self, event: int, payload: bytes) -> None:
+        if self.config.event_mask & (1 << event):
+            self.notifications.append((event, payload))
+
+    def _notify_stream(self, sid: int, state: int, errcode: int, final_size: int) -> None:
+        self._notify(
+            uapi.QUIC_EVENT_STREAM_UPDATE,
+            uapi.QuicStreamUpdate(sid, state, errcode, final_size).pack(),
+        )
+
+    def _notify_close(self) -> None:
+        info = self.close_info
+        record = uapi.QuicConnectionClose(info.error_code, info.frame_type or 0, info.reason[:64])
+        self._notify(uapi.QUIC_EVENT_CONNECTION_CLOSE, record.pack())
+
+    # ------------------------------------------------------------------
+    # the application's side: streams and datagrams
+
+    def open_stream(self, uni: bool) -> int:
+        """The next locally-initiated stream ID; raises StreamLimitError at the peer's limit."""
+        return self.streams.open_local(uni).stream_id
+
+    def send_stream(self, sid: int, data: bytes, fin: bool, new: bool) -> int:
+        """Queue ``data`` on stream ``sid``; returns the bytes taken. ``new`` is
+        MSG_QUIC_STREAM_NEW: the stream may be opened by this send."""
+        stream = self.streams.get(sid)
+        if stream is None:
+            if not new:
+                raise (
+                    StreamClosedError(sid)
+                    if self.streams.was_closed(sid)
+                    else ValueError("stream not open")
+                )
+            stream = self.streams.open_specific(sid)
+        if stream.send is None:
+            raise ValueError("stream has no send side")
+        stream.send.write(data, fin)
+        self.sending[sid] = None
+        return len(data)
+
+    def stream_send_room(self, sid: int) -> int:
+        """Bytes the stream's send buffer takes before a writer must wait."""
+        stream = self.streams.get(sid)
+        return 0 if stream is None or stream.send is None else stream.send.room()
+
+    def stream_blocked(self, sid: int) -> bool:
+        """True when the peer's flow control, not our buffer, holds the stream back."""
+        stream = self.streams.get(sid)
+        return stream is not None and stream.send is not None and stream.send.blocked()
+
+    def read_stream(self, max_bytes: int) -> tuple[int, bytes, bool] | None:
+        """Data of one readable stream, as one recvmsg returns it (lxin/quic §1.7)."""
+        readable = self.readable
+        while readable:
+            sid = next(iter(readable))
+            stream = self.streams.get(sid)
+            if stream is None or stream.recv is None:
+                del readable[sid]
+                continue
+            data, fin = stream.recv.read(max_bytes)
+            if not stream.recv.readable and not stream.recv.fin_ready:
+                del readable[sid]
+            if not data and not fin:
+                continue
+            self.flow_recv.on_consumed(len(data))
+            if fin:
+                self.streams.maybe_forget(sid)
+            return sid, data, fin
+        return None
+
+    def reset_stream(self, sid: int, error_code: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or stream.send is None:
+            raise ValueError("no such stream to reset")
+        final_size = stream.send.reset(error_code)
+        frame = ResetStream(sid, error_code, final_size)
+        self.control.append((frame, (REC_CONTROL, frame)))
+        self.sending.pop(sid, None)
+
+    def stop_sending(self, sid: int, error_code: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or stream.recv is None:
+            raise ValueError("no such stream")
+        stream.recv.stop_sending(error_code)
+        frame = StopSending(sid, error_code)
+        self.control.append((frame, (REC_CONTROL, frame)))
+
+    def send_datagram(self, data: bytes) -> None:
+        """RFC 9221: queued once, never retransmitted."""
+        limit = self.peer_params.max_datagram_frame_size if self.peer_params else None
+        if not limit:
+            raise ValueError("peer does not accept DATAGRAM frames")
+        if len(data) + 8 > min(limit, self.max_datagram_size - 40):
+            raise OverflowError("datagram too large for one packet")
+        self.datagrams_out.append(bytes(data))
+
+
+class StreamClosedError(Exception):
+    """Sending on a stream that existed and is gone: ENOSTR at the socket."""

@@ -1,0 +1,164 @@
+"""Connection IDs (RFC 9000 §5.1, §19.15-16): the ones we issue and the ones the peer gave.
+
+Our IDs route the peer's packets to this connection through the tunnel's demux table,
+so issuing and retiring one notifies the tunnel. The peer's IDs are what we put in the
+Destination Connection ID field; rotating them on migration keeps paths unlinkable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import QuicError, TransportError
+from .frame import FrameType
+
+DEFAULT_CID_LENGTH = 8
+STATELESS_RESET_TOKEN_LENGTH = 16
+
+
+def stateless_reset_token(key: bytes, cid: bytes) -> bytes:
+    """The reset token for ``cid``: keyed so the tunnel can recompute it for a connection it
+    has forgotten (RFC 9000 §10.3.2) without storing anything per connection."""
+    return hmac.new(key, cid, hashlib.sha256).digest()[:STATELESS_RESET_TOKEN_LENGTH]
+
+
+@dataclass(slots=True)
+class ConnectionId:
+    sequence: int
+    cid: bytes
+    reset_token: bytes | None = None
+
+
+class SourceConnectionIds:
+    """The IDs we issued to the peer. ``on_add``/``on_remove`` keep the tunnel's demux table
+    in step."""
+
+    def __init__(
+        self,
+        reset_key: bytes,
+        first_cid: bytes,
+        cid_length: int = DEFAULT_CID_LENGTH,
+        on_add: Callable[[bytes], None] | None = None,
+        on_remove: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.reset_key = reset_key
+        self.cid_length = cid_length
+        self.on_add = on_add
+        self.on_remove = on_remove
+        self.ids: dict[int, ConnectionId] = {}
+        self.next_sequence = 0
+        self.retire_prior_to = 0
+        self._add(first_cid)
+
+    def _add(self, cid: bytes) -> ConnectionId:
+        entry = ConnectionId(self.next_sequence, cid, stateless_reset_token(self.reset_key, cid))
+        self.ids[entry.sequence] = entry
+        self.next_sequence += 1
+        if self.on_add:
+            self.on_add(cid)
+        return entry
+
+    def issue(self) -> ConnectionId:
+        """A fresh ID to announce in NEW_CONNECTION_ID."""
+        return self._add(os.urandom(self.cid_length))
+
+    def wanted(self, peer_limit: int) -> int:
+        """How many more IDs the peer's active_connection_id_limit lets us issue."""
+        return max(0, peer_limit - len(self.ids))
+
+    def on_retire(self, sequence: int, packet_dcid: bytes) -> None:
+        """RETIRE_CONNECTION_ID from the peer (RFC 9000 §19.16)."""
+        if sequence >= self.next_sequence:
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION,
+                FrameType.RETIRE_CONNECTION_ID,
+                "retired a connection ID never issued",
+            )
+        entry = self.ids.get(sequence)
+        if entry is None:
+            return  # already retired: a retransmission
+        if entry.cid == packet_dcid:
+            raise QuicError(
+                TransportError.PROTOCOL_VIOLATION,
+                FrameType.RETIRE_CONNECTION_ID,
+                "retired the connection ID the frame arrived on",
+            )
+        del self.ids[sequence]
+        if self.on_remove:
+            self.on_remove(entry.cid)
+
+    def release_all(self) -> None:
+        """Forget every ID (connection gone); the tunnel stops routing them."""
+        for entry in self.ids.values():
+            if self.on_remove:
+                self.on_remove(entry.cid)
+        self.ids.clear()
+
+
+class DestinationConnectionIds:
+    """The IDs the peer gave us; ``active`` is the one our packets carry."""
+
+    def __init__(self, first_cid: bytes, local_limit: int) -> None:
+        self.local_limit = local_limit
+        self.ids: dict[int, ConnectionId] = {0: ConnectionId(0, first_cid)}
+        self.active = self.ids[0]
+        self.retire_prior_to = 0
+        self.to_retire: list[int] = []
+
+    def replace_initial(self, cid: bytes) -> None:
+        """The server's SCID (or a Retry's) replaces the client's random initial DCID."""
+        self.active.cid = cid
+
+    def set_reset_token(self, token: bytes) -> None:
+        """The token from the server's stateless_reset_token transport parameter (seq 0)."""
+        self.ids[0].reset_token = token
+
+    def on_new_connection_id(
+        self, sequence: int, retire_prior_to: int, cid: bytes, reset_token: bytes
+    ) -> None:
+        """NEW_CONNECTION_ID from the peer (RFC 9000 §19.15, §5.1.2)."""
+        known = self.ids.get(sequence)
+        if known is not None:
+            if known.cid != cid or (known.reset_token not in (None, reset_token)):
+                raise QuicError(
+                    TransportError.PROTOCOL_VIOLATION,
+                    FrameType.NEW_CONNECTION_ID,
+                    "sequence number reused for a different connection ID",
+                )
+            return
+        if sequence < self.retire_prior_to:
+            self.to_retire.append(sequence)  # already retired by an earlier frame
+            return
+        self.ids[sequence] = ConnectionId(sequence, cid, reset_token)
+        if retire_prior_to > self.retire_prior_to:
+            self.retire_prior_to = retire_prior_to
+            for seq in [s for s in self.ids if s < retire_prior_to]:
+                del self.ids[seq]
+                self.to_retire.append(seq)
+            if self.active.sequence < retire_prior_to:
+                self.active = self.ids[min(self.ids)]
+        if len(self.ids) > self.local_limit:
+            raise QuicError(
+                TransportError.CONNECTION_ID_LIMIT_ERROR,
+                FrameType.NEW_CONNECTION_ID,
+                f"peer exceeded active_connection_id_limit {self.local_limit}",
+            )
+
+    def rotate(self) -> bool:
+        """Switch to an unused ID (migration) and retire the old one; False if none spare."""
+        spare = [s for s in self.ids if s > self.active.sequence]
+        if not spare:
+            return False
+        old = self.active.sequence
+        self.active = self.ids[min(spare)]
+        del self.ids[old]
+        self.to_retire.append(old)
+        return True
+
+    def reset_tokens(self) -> set[bytes]:
+        """Tokens that identify a stateless reset from this peer (RFC 9000 §10.3.1)."""
+        return {e.reset_token for e in self.ids.values() if e.reset_token is not None}

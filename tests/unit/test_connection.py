@@ -1,0 +1,293 @@
+"""The sans-I/O connection driven directly: no sockets, no threads, a fake clock.
+
+The handshake is faked the way lxin/quic's selftests fake it: fixed secrets are installed
+per level and opaque bytes stand in for the TLS messages, so these tests exercise the
+transport (packetization, ACKs, loss recovery, flow control, streams, close) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from quic import uapi
+from quic.connection import Connection, ConnectionConfig, State
+from quic.errors import TransportError
+from quic.transport_params import default_local_parameters
+
+INITIAL, HANDSHAKE, APP = uapi.QUIC_CRYPTO_INITIAL, uapi.QUIC_CRYPTO_HANDSHAKE, uapi.QUIC_CRYPTO_APP
+CLIENT_ADDR = ("127.0.0.1", 40000)
+SERVER_ADDR = ("127.0.0.1", 4433)
+STEP = 0.001
+
+
+def secret(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+class Pair:
+    """A client and a server connected back to back through a programmable link."""
+
+    def __init__(
+        self,
+        loss: float = 0.0,
+        seed: int = 1,
+        cipher: int = uapi.TLS_CIPHER_AES_GCM_128,
+        **server_params,
+    ) -> None:
+        self.now = 1000.0
+        self.rng = random.Random(seed)
+        self.loss = loss
+        client_params = default_local_parameters()
+        server_tp = default_local_parameters()
+        for name, value in server_params.items():
+            setattr(server_tp, name, value)
+        self.cipher = cipher
+        self.client = Connection(
+            ConnectionConfig(is_client=True, local_params=client_params),
+            dcid=os.urandom(8),
+            scid=os.urandom(8),
+            peer_addr=SERVER_ADDR,
+            now=self.now,
+        )
+        self.server: Connection | None = None
+        self._server_params = server_tp
+        self.delivered = 0
+
+    def _make_server(self, datagram: bytes) -> None:
+        from quic.packet import parse_header
+
+        header = parse_header(datagram, 0, 8)
+        self.server = Connection(
+            ConnectionConfig(is_client=False, local_params=self._server_params),
+            dcid=header.scid,
+            scid=os.urandom(8),
+            peer_addr=CLIENT_ADDR,
+            now=self.now,
+            original_dcid=header.dcid,
+        )
+
+    def exchange(self, rounds: int = 1) -> int:
+        """Move datagrams both ways ``rounds`` times, firing due timers; returns how many
+        datagrams crossed."""
+        moved = 0
+        for _ in range(rounds):
+            self.now += STEP
+            for sender, receiver_name, addr in (
+                (self.client, "server", CLIENT_ADDR),
+                (self.server, "client", SERVER_ADDR),
+            ):
+                if sender is None:
+                    continue
+                deadline = sender.next_deadline()
+                if deadline is not None and deadline <= self.now:
+                    sender.handle_timer(self.now)
+                for datagram in sender.datagrams_to_send(self.now):
+                    moved += 1
+                    if self.server is None:
+                        self._make_server(datagram)
+                    if self.rng.random() < self.loss:
+                        continue
+                    receiver = self.server if receiver_name == "server" else self.client
+                    receiver.receive_datagram(datagram, addr, self.now)
+        return moved
+
+    def run_until(self, condition, limit: int = 20000) -> None:
+        for _ in range(limit):
+            if condition():
+                return
+            if not self.exchange():
+                # Nothing to send: jump to the next timer.
+                deadlines = [c.next_deadline() for c in (self.client, self.server) if c is not None]
+                deadlines = [d for d in deadlines if d is not None]
+                if deadlines:
+                    self.now = max(self.now, min(deadlines) - STEP)
+        raise AssertionError("condition not reached")
+
+    def receive_crypto(self, conn_name: str, level: int, expected: bytes) -> None:
+        """Run until ``expected`` arrived at ``level`` on that side, in however many chunks."""
+        got = bytearray()
+
+        def done() -> bool:
+            conn = getattr(self, conn_name)
+            while conn is not None and conn.crypto_inbox:
+                lvl, data = conn.crypto_inbox.popleft()
+                assert lvl == level
+                got.extend(data)
+            return len(got) >= len(expected)
+
+        self.run_until(done)
+        assert bytes(got) == expected
+
+    def handshake(self) -> None:
+        """The fake TLS exchange, in the order a real one installs secrets."""
+        client, c = self.client, self.cipher
+        hello = b"client hello" * 20
+        flight = b"encrypted extensions, certificate, finished" * 30
+        client.handshake_send(INITIAL, hello)
+        self.receive_crypto("server", INITIAL, hello)
+        server = self.server
+        server.set_peer_transport_params(client.local_transport_params())
+        server.handshake_send(INITIAL, b"server hello")
+        server.set_secret(HANDSHAKE, True, c, secret("s hs"))
+        server.set_secret(HANDSHAKE, False, c, secret("c hs"))
+        server.handshake_send(HANDSHAKE, flight)
+        server.set_secret(APP, True, c, secret("s ap"))
+        self.receive_crypto("client", INITIAL, b"server hello")
+        client.set_secret(HANDSHAKE, True, c, secret("c hs"))
+        client.set_secret(HANDSHAKE, False, c, secret("s hs"))
+        self.receive_crypto("client", HANDSHAKE, flight)
+        client.set_peer_transport_params(server.local_transport_params())
+        client.set_secret(APP, True, c, secret("c ap"))
+        client.set_secret(APP, False, c, secret("s ap"))
+        client.handshake_send(HANDSHAKE, b"client finished")
+        self.receive_crypto("server", HANDSHAKE, b"client finished")
+        server.set_secret(APP, False, c, secret("c ap"))
+        self.run_until(lambda: client.handshake_confirmed)
+
+
+def read_all(conn: Connection, sid: int, sink: bytearray) -> bool:
+    """Drain what ``conn`` has for ``sid``; True once FIN was read."""
+    fin_seen = False
+    while True:
+        chunk = conn.read_stream(65536)
+        if chunk is None:
+            return fin_seen
+        got_sid, data, fin = chunk
+        assert got_sid == sid
+        sink += data
+        fin_seen = fin_seen or fin
+
+
+@pytest.mark.parametrize(
+    "cipher",
+    [uapi.TLS_CIPHER_AES_GCM_128, uapi.TLS_CIPHER_AES_GCM_256, uapi.TLS_CIPHER_CHACHA20_POLY1305],
+)
+def test_handshake_completes_and_discards_keys(cipher: int) -> None:
+    pair = Pair(cipher=cipher)
+    pair.handshake()
+    assert pair.client.state == State.ESTABLISHED and pair.server.state == State.ESTABLISHED
+    assert pair.server.handshake_confirmed and pair.client.handshake_confirmed
+    for conn in (pair.client, pair.server):
+        assert conn.send_keys[INITIAL] is None and conn.send_keys[HANDSHAKE] is None
+
+
+def test_client_initial_datagrams_are_padded() -> None:
+    pair = Pair()
+    pair.client.handshake_send(INITIAL, b"hello")
+    datagrams = pair.client.datagrams_to_send(pair.now)
+    assert datagrams and all(len(d) >= 1200 for d in datagrams)
+
+
+def transfer(pair: Pair, size: int, client_to_server: bool = True) -> bytes:
+    data = os.urandom(size)
+    sender, receiver = (
+        (pair.client, pair.server) if client_to_server else (pair.server, pair.client)
+    )
+    sid = sender.open_stream(uni=False)
+    sent = 0
+    sink = bytearray()
+    done = False
+
+    def step() -> bool:
+        nonlocal sent, done
+        room = sender.stream_send_room(sid)
+        if sent < size and room:
+            take = min(room, size - sent)
+            sender.send_stream(sid, data[sent : sent + take], sent + take == size, True)
+            sent += take
+        done = read_all(receiver, sid, sink) or done
+        return done
+
+    pair.run_until(step, limit=200000)
+    assert bytes(sink) == data
+    return bytes(sink)
+
+
+def test_stream_transfer_both_directions() -> None:
+    pair = Pair()
+    pair.handshake()
+    transfer(pair, 300_000, client_to_server=True)
+    transfer(pair, 300_000, client_to_server=False)
+
+
+def test_transfer_survives_loss() -> None:
+    pair = Pair(loss=0.05, seed=7)
+    pair.handshake()
+    transfer(pair, 200_000)
+
+
+def test_flow_control_limits_what_is_in_flight() -> None:
+    pair = Pair(initial_max_data=50_000, initial_max_stream_data_bidi_remote=30_000)
+    pair.handshake()
+    transfer(pair, 500_000)
+
+
+def test_application_close_reaches_peer() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.client.close(0x42, b"bye", None, now=pair.now)
+    pair.run_until(lambda: pair.server.state >= State.DRAINING)
+    info = pair.server.close_info
+    assert info.remote and info.error_code == 0x42 and info.reason == b"bye"
+    assert info.frame_type is None
+
+
+def test_garbage_datagrams_are_dropped() -> None:
+    pair = Pair()
+    pair.handshake()
+    rng = random.Random(3)
+    for size in (0, 1, 5, 30, 1200):
+        pair.server.receive_datagram(
+            bytes(rng.getrandbits(8) for _ in range(size)), CLIENT_ADDR, pair.now
+        )
+    assert pair.server.state == State.ESTABLISHED
+    transfer(pair, 10_000)
+
+
+def test_idle_timeout_closes() -> None:
+    pair = Pair(max_idle_timeout=2000)
+    pair.handshake()
+    pair.now += 10
+    pair.server.handle_timer(pair.now)
+    assert pair.server.state == State.CLOSED
+    assert pair.server.close_info.error_code == TransportError.NO_ERROR
+
+
+def test_many_streams_with_heavy_loss() -> None:
+    pair = Pair(loss=0.15, seed=11)
+    pair.handshake()
+    payloads = {}
+    for _ in range(8):
+        sid = pair.client.open_stream(uni=False)
+        payloads[sid] = os.urandom(20_000)
+        pair.client.send_stream(sid, payloads[sid], True, True)
+    got: dict[int, bytearray] = {sid: bytearray() for sid in payloads}
+    finished: set[int] = set()
+
+    def drained() -> bool:
+        while (chunk := pair.server.read_stream(65536)) is not None:
+            sid, data, fin = chunk
+            got[sid] += data
+            if fin:
+                finished.add(sid)
+        return finished == set(payloads)
+
+    pair.run_until(drained, limit=200000)
+    assert {sid: bytes(data) for sid, data in got.items()} == payloads
+
+
+def test_peer_exceeding_flow_control_is_closed_with_the_right_code() -> None:
+    pair = Pair(initial_max_stream_data_bidi_remote=5000)
+    pair.handshake()
+    sid = pair.client.open_stream(uni=False)
+    stream = pair.client.streams.get(sid)
+    stream.send.max_stream_data = 1 << 20  # a misbehaving peer ignores our window
+    pair.client.send_stream(sid, bytes(20_000), True, True)
+    pair.run_until(lambda: pair.server.state >= State.CLOSING)
+    assert pair.server.close_info.error_code == TransportError.FLOW_CONTROL_ERROR
+    pair.run_until(lambda: pair.client.state >= State.DRAINING)
+    assert pair.client.close_info.remote
