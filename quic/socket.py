@@ -1,0 +1,895 @@
+"""The userspace socket API: lxin/quic's ``IPPROTO_QUIC`` sockets, in Python.
+
+A :class:`QuicSocket` is one QUIC connection (or a listener). Its calls mirror the BSD
+socket calls a program makes on a kernel QUIC socket: ``sendmsg``/``recvmsg`` carry
+``(SOL_QUIC, QUIC_STREAM_INFO | QUIC_HANDSHAKE_INFO, bytes)`` ancillary records exactly
+as Python's :meth:`socket.socket.sendmsg` does, ``setsockopt``/``getsockopt`` take and
+return the packed ``quic.uapi`` records, and errors are :class:`OSError` with the errno a
+socket user expects.
+
+Work happens in process context, as in the kernel: ``sendmsg`` packs, encrypts and
+transmits in the caller's thread under the connection's lock; the tunnel's I/O thread
+receives, acknowledges and fires timers. Blocking calls wait on a condition, bounded by
+the socket timeout; a non-blocking socket raises ``EAGAIN``, and :meth:`QuicSocket.fileno`
+is readable whenever ``recvmsg``/``accept`` would not block, so ``selectors`` and
+``asyncio`` can wait on it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from . import uapi
+from .connection import Connection, ConnectionConfig, State, StreamClosedError
+from .errors import QuicError, TransportError
+from .stream import StreamLimitError, StreamStateError
+from .transport_params import default_local_parameters, params_from_uapi, params_to_uapi
+from .tunnel import Tunnel, get_tunnel, put_tunnel
+
+SOCK_CLOSED, SOCK_LISTENING, SOCK_ESTABLISHING, SOCK_ESTABLISHED = range(4)
+CID_LENGTH = 8
+DEFAULT_BACKLOG = 128
+# Per-stream send buffer: a writer blocks beyond it until the peer acknowledges.
+STREAM_SNDBUF = 1 << 20
+
+AncData = list[tuple[int, int, bytes]]
+
+
+def _err(code: int, message: str | None = None) -> OSError:
+    return OSError(code, message or os.strerror(code))
+
+
+class QuicSocket:
+    """``socket(AF_INET/AF_INET6, SOCK_STREAM/SOCK_DGRAM, IPPROTO_QUIC)``."""
+
+    def __init__(
+        self,
+        family: int = _socket.AF_INET,
+        type: int = _socket.SOCK_STREAM,
+        proto: int = uapi.IPPROTO_QUIC,
+    ) -> None:
+        if family not in (_socket.AF_INET, _socket.AF_INET6):
+            raise _err(errno.EAFNOSUPPORT)
+        if type not in (_socket.SOCK_STREAM, _socket.SOCK_DGRAM) or proto != uapi.IPPROTO_QUIC:
+            raise _err(errno.EPROTONOSUPPORT)
+        self.family = family
+        self.type = type
+        self.proto = proto
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._timeout: float | None = None
+        self.state = SOCK_CLOSED
+        self.local_params = default_local_parameters()
+        self.config = uapi.QuicConfig(
+            version=uapi.QUIC_VERSION_V1,
+            initial_smoothed_rtt=uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT,
+        )
+        self.alpn = b""
+        self.token = b""
+        self.session_ticket = b""
+        self.remote_params: uapi.QuicTransportParam | None = None
+        self.close_record = uapi.QuicConnectionClose()
+        self.event_mask = 0
+        self.tunnel: Tunnel | None = None
+        self.conn: Connection | None = None
+        self.active_stream = -1
+        self._accept_queue: deque[QuicSocket] = deque()
+        self._backlog = 0
+        self._extra_routes: list[bytes] = []
+        self._ready_r, self._ready_w = os.pipe()
+        os.set_blocking(self._ready_r, False)
+        os.set_blocking(self._ready_w, False)
+        self._ready = False
+        self._released = False
+
+    # ------------------------------------------------------------------
+    # plain socket housekeeping
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def fileno(self) -> int:
+        """Readable when recvmsg/accept would not block (for selectors and asyncio)."""
+        return self._ready_r
+
+    def getsockname(self) -> tuple:
+        if self.tunnel is None:
+            return ("0.0.0.0", 0) if self.family == _socket.AF_INET else ("::", 0, 0, 0)
+        return self.tunnel.local_addr
+
+    def getpeername(self) -> tuple:
+        if self.conn is None:
+            raise _err(errno.ENOTCONN)
+        return self.conn.peer_addr
+
+    def __enter__(self) -> QuicSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wait(self, ready, deadline: float | None, flags: int = 0) -> None:
+        """Block until ``ready()`` holds, under the lock; EAGAIN when non-blocking."""
+        while not ready():
+            if flags & uapi.MSG_DONTWAIT or self._timeout == 0.0:
+                raise _err(errno.EAGAIN)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+            self._cond.wait(remaining)
+
+    def _deadline(self) -> float | None:
+        return None if self._timeout is None else time.monotonic() + self._timeout
+
+    # ------------------------------------------------------------------
+    # bind, listen, accept, connect
+
+    def _resolve(self, address: tuple) -> tuple:
+        host, port = address[0], address[1]
+        infos = _socket.getaddrinfo(host or None, port, self.family, _socket.SOCK_DGRAM)
+        if not infos:
+            raise _err(errno.EADDRNOTAVAIL)
+        return infos[0][4]
+
+    def bind(self, address: tuple) -> None:
+        with self._lock:
+            if self.tunnel is not None:
+                raise _err(errno.EINVAL, "already bound")
+            try:
+                self.tunnel = get_tunnel(self._resolve(address), CID_LENGTH)
+            except OSError as exc:
+                raise _err(exc.errno or errno.EADDRINUSE, str(exc)) from None
+
+    def listen(self, backlog: int = DEFAULT_BACKLOG) -> None:
+        with self._lock:
+            if self.tunnel is None:
+                raise _err(errno.EINVAL, "listen on an unbound socket")
+            if self.state == SOCK_LISTENING:
+                self._backlog = backlog or DEFAULT_BACKLOG
+                return
+            if self.state != SOCK_CLOSED:
+                raise _err(errno.EINVAL)
+            self._backlog = backlog or DEFAULT_BACKLOG
+            self.state = SOCK_LISTENING
+            self.tunnel.add_listener(self)
+
+    def accept(self) -> tuple[QuicSocket, tuple]:
+        """A new connection; it is ESTABLISHING until a server handshake runs on it."""
+        with self._lock:
+            if self.state != SOCK_LISTENING:
+                raise _err(errno.EINVAL)
+            self._wait(lambda: self._accept_queue or self._released, self._deadline())
+            if self._released:
+                raise _err(errno.EBADF)
+            child = self._accept_queue.popleft()
+            self._update_ready()
+        return child, child.conn.peer_addr
+
+    def connect(self, address: tuple) -> None:
+        """Set up the client connection. As in the kernel, nothing is sent until the
+        handshake (``quic_client_handshake``) writes the ClientHello."""
+        with self._lock:
+            if self.state != SOCK_CLOSED:
+                raise _err(errno.EISCONN if self.conn else errno.EINVAL)
+            peer = self._resolve(address)
+            if self.tunnel is None:
+                wildcard = "0.0.0.0" if self.family == _socket.AF_INET else "::"
+                self.tunnel = get_tunnel((wildcard, 0), CID_LENGTH)
+            if self.family == _socket.AF_INET6 and len(peer) == 2:
+                peer = (peer[0], peer[1], 0, 0)
+            self.conn = Connection(
+                self._connection_config(is_client=True),
+                dcid=os.urandom(CID_LENGTH),
+                scid=os.urandom(CID_LENGTH),
+                peer_addr=peer,
+                now=time.monotonic(),
+                on_cid_add=self._route_add,
+                on_cid_remove=self._route_remove,
+            )
+            self.state = SOCK_ESTABLISHING
+
+    def _connection_config(self, is_client: bool) -> ConnectionConfig:
+        cfg = self.config
+        return ConnectionConfig(
+            is_client=is_client,
+            version=cfg.version or uapi.QUIC_VERSION_V1,
+            local_params=self.local_params,
+            cid_length=CID_LENGTH,
+            congestion_control=cfg.congestion_control_algo,
+            initial_rtt=(cfg.initial_smoothed_rtt or uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT) / 1e6,
+            token=self.token,
+            event_mask=self.event_mask,
+        )
+
+    def _route_add(self, cid: bytes) -> None:
+        self.tunnel.add_route(cid, self)
+
+    def _route_remove(self, cid: bytes) -> None:
+        self.tunnel.remove_route(cid)
+
+    # the tunnel's Listener protocol
+
+    def accept_initial(
+        self, tunnel: Tunnel, data: bytes, addr: tuple, dcid: bytes, now: float
+    ) -> QuicSocket | None:
+        """A new Initial reached this listener: make the child socket that will own it."""
+        from .packet import parse_header
+
+        with self._lock:
+            if self.state != SOCK_LISTENING or len(self._accept_queue) >= self._backlog:
+                return None
+            header = parse_header(data, 0, CID_LENGTH)
+            child = QuicSocket(self.family, self.type, self.proto)
+            child.tunnel = tunnel
+            tunnel.users += 1
+            child.local_params = self.local_params
+            child.config = self.config
+            child.alpn = self.alpn
+            child.event_mask = self.event_mask
+            child.session_ticket = self.session_ticket
+            child.conn = Connection(
+                child._connection_config(is_client=False),
+                dcid=header.scid,
+                scid=os.urandom(CID_LENGTH),
+                peer_addr=addr,
+                now=now,
+                original_dcid=dcid,
+                on_cid_add=child._route_add,
+                on_cid_remove=child._route_remove,
+            )
+            tunnel.add_route(dcid, child)
+            child._extra_routes.append(dcid)
+            child.state = SOCK_ESTABLISHING
+            child._listener = self
+            self._accept_queue.append(child)
+            self._cond.notify_all()
+            self._update_ready()
+            return child
+
+    # ------------------------------------------------------------------
+    # the tunnel's Endpoint protocol (called from the I/O thread)
+
+    def datagram_received(self, data: bytes, addr: tuple, now: float) -> None:
+        with self._lock:
+            if self.conn is not None:
+                self.conn.receive_datagram(data, addr, now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Send what the connection has, re-arm its timer, wake waiters."""
+        with self._lock:
+            conn = self.conn
+            if conn is None or self.tunnel is None:
+                return
+            now = time.monotonic() if now is None else now
+            sendto = self.tunnel.sendto
+            peer = conn.peer_addr
+            for datagram in conn.datagrams_to_send(now):
+                sendto(datagram, peer)
+            if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
+                self.state = SOCK_ESTABLISHED
+            if conn.state == State.CLOSED:
+                self._finish()
+            else:
+                self.tunnel.schedule(self, conn.next_deadline())
+            self._cond.notify_all()
+            self._update_ready()
+
+    def timer_expired(self, now: float) -> None:
+        with self._lock:
+            if self.conn is not None:
+                self.conn.handle_timer(now)
+        self.flush(now)
+
+    def _finish(self) -> None:
+        """The connection is over: stop routing its IDs; release the tunnel once closed."""
+        if self.conn is not None:
+            self.conn.source_cids.release_all()
+        for cid in self._extra_routes:
+            self.tunnel.remove_route(cid)
+        self._extra_routes.clear()
+        self.tunnel.schedule(self, None)
+        if self._released and self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            put_tunnel(tunnel)
+
+    def _update_ready(self) -> None:
+        """Keep the readiness pipe in step with whether recvmsg/accept would block."""
+        ready = self._readable() or self._released
+        if ready and not self._ready:
+            os.write(self._ready_w, b"\0")
+            self._ready = True
+        elif not ready and self._ready:
+            try:
+                os.read(self._ready_r, 1)
+            except BlockingIOError:
+                pass
+            self._ready = False
+
+    def _readable(self) -> bool:
+        if self.state == SOCK_LISTENING:
+            return bool(self._accept_queue)
+        conn = self.conn
+        if conn is None:
+            return False
+        return bool(
+            conn.notifications
+            or conn.datagrams_in
+            or conn.readable
+            or self._handshake_pending()
+            or conn.state >= State.DRAINING
+        )
+
+    def _handshake_pending(self) -> bool:
+        inbox = self.conn.crypto_inbox
+        return bool(inbox) and inbox[0][0] != uapi.QUIC_CRYPTO_APP
+
+    def _check_alive(self) -> Connection:
+        conn = self.conn
+        if conn is None:
+            raise _err(errno.ENOTCONN)
+        if conn.state >= State.CLOSING:
+            raise self._closed_error()
+        return conn
+
+    def _closed_error(self) -> OSError:
+        info = self.conn.close_info if self.conn else None
+        if info is None or not info.remote:
+            if info is not None and info.reason == b"idle timeout":
+                return TimeoutError(errno.ETIMEDOUT, "connection idle timeout")
+            return _err(errno.EPIPE)
+        reason = info.reason.decode("utf-8", "replace")
+        return ConnectionResetError(
+            errno.ECONNRESET, f"peer closed the connection: 0x{info.error_code:x} {reason}".strip()
+        )
+
+    # ------------------------------------------------------------------
+    # sendmsg / recvmsg
+
+    def sendmsg(
+        self,
+        buffers: Iterable[bytes],
+        ancdata: Iterable[tuple[int, int, bytes]] = (),
+        flags: int = 0,
+        address: tuple | None = None,
+    ) -> int:
+        """Send stream data, a datagram (MSG_QUIC_DATAGRAM) or a handshake message (a
+        QUIC_HANDSHAKE_INFO record), as lxin/quic's sendmsg does."""
+        data = b"".join(buffers)
+        if flags & ~(uapi.QUIC_MSG_FLAGS | uapi.MSG_EOR):
+            raise _err(errno.EINVAL, "unsupported flags")
+        stream_info = None
+        for level, kind, payload in ancdata:
+            if level != uapi.SOL_QUIC:
+                raise _err(errno.EINVAL)
+            if kind == uapi.QUIC_HANDSHAKE_INFO:
+                info = uapi.QuicHandshakeInfo.unpack(payload)
+                self.send_handshake(info.crypto_level, data, bool(flags & uapi.MSG_MORE))
+                return len(data)
+            if kind == uapi.QUIC_STREAM_INFO:
+                stream_info = uapi.QuicStreamInfo.unpack(payload)
+            else:
+                raise _err(errno.EINVAL)
+        if flags & uapi.MSG_QUIC_DATAGRAM:
+            return self._send_datagram(data, flags)
+        if stream_info is None:
+            stream_info = uapi.QuicStreamInfo(-1, flags & uapi.MSG_QUIC_STREAM_FLAGS)
+        return self._send_stream(data, stream_info, flags, has_cmsg=bool(ancdata))
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return self.sendmsg([data], (), flags)
+
+    def _wait_established(self, flags: int) -> Connection:
+        deadline = self._deadline()
+        self._wait(
+            lambda: (
+                self.conn is not None
+                and (self.conn.state != State.ESTABLISHING or self.conn.handshake_complete)
+            ),
+            deadline,
+            flags,
+        )
+        return self._check_alive()
+
+    def _send_datagram(self, data: bytes, flags: int) -> int:
+        with self._lock:
+            conn = self._wait_established(flags)
+            try:
+                conn.send_datagram(data)
+            except ValueError as exc:
+                raise _err(errno.EINVAL, str(exc)) from None
+            except OverflowError as exc:
+                raise _err(errno.EMSGSIZE, str(exc)) from None
+            if not flags & uapi.MSG_MORE:
+                self.flush()
+            return len(data)
+
+    def _send_stream(
+        self, data: bytes, info: uapi.QuicStreamInfo, flags: int, has_cmsg: bool
+    ) -> int:
+        sflags = info.stream_flags
+        fin = bool(sflags & uapi.MSG_QUIC_STREAM_FIN)
+        if not data and not fin:
+            raise _err(errno.EINVAL, "empty send without FIN")
+        with self._lock:
+            conn = self._wait_established(flags)
+            sid = self._choose_stream(conn, info.stream_id, sflags, flags)
+            self._ensure_open(conn, sid, sflags)
+            view = memoryview(data)
+            sent = 0
+            deadline = self._deadline()
+
+            def has_room() -> bool:
+                # A bare FIN needs no buffer space; data needs at least one byte of it.
+                needed = 1 if sent < len(view) else 0
+                return self._check_alive().stream_send_room(sid) >= needed
+
+            while True:
+                try:
+                    self._wait(has_room, deadline, flags)
+                except OSError as exc:
+                    if exc.errno == errno.EAGAIN and sent:
+                        break
+                    if exc.errno == errno.EAGAIN and has_cmsg and conn.stream_blocked(sid):
+                        raise _err(errno.ENOSPC) from None
+                    raise
+                take = min(len(view) - sent, conn.stream_send_room(sid))
+                last = sent + take == len(view)
+                try:
+                    conn.send_stream(
+                        sid,
+                        view[sent : sent + take],
+                        fin and last,
+                        bool(sflags & uapi.MSG_QUIC_STREAM_NEW),
+                    )
+                except StreamClosedError:
+                    raise _err(errno.ENOSTR, "stream is closed") from None
+                except (StreamStateError, ValueError) as exc:
+                    raise _err(errno.EINVAL, str(exc)) from None
+                sent += take
+                if not flags & uapi.MSG_MORE:
+                    self.flush()
+                if last:
+                    break
+            return sent
+
+    def _ensure_open(self, conn: Connection, sid: int, sflags: int) -> None:
+        """lxin/quic §1.7: a stream not yet open needs MSG_QUIC_STREAM_NEW (else EINVAL); a
+        stream already gone is ENOSTR."""
+        if conn.streams.get(sid) is not None:
+            return
+        if conn.streams.was_closed(sid):
+            raise _err(errno.ENOSTR, "stream is closed")
+        if not sflags & uapi.MSG_QUIC_STREAM_NEW:
+            raise _err(errno.EINVAL, "stream not open: MSG_QUIC_STREAM_NEW needed")
+        try:
+            conn.streams.open_specific(sid)
+        except StreamLimitError:
+            raise _err(errno.EAGAIN, "peer's stream limit reached") from None
+        except StreamStateError as exc:
+            raise _err(errno.EINVAL, str(exc)) from None
+        self.active_stream = sid
+
+    def _choose_stream(self, conn: Connection, sid: int, sflags: int, flags: int) -> int:
+        """lxin/quic §1.7: -1 means the most recently opened stream, else a new one."""
+        uni = bool(sflags & uapi.MSG_QUIC_STREAM_UNI)
+        if sid >= 0:
+            return sid
+        if self.active_stream >= 0 and not (sflags & uapi.MSG_QUIC_STREAM_NEW):
+            return self.active_stream
+        sid = self._open_stream(conn, uni, sflags | flags)
+        return sid
+
+    def _open_stream(self, conn: Connection, uni: bool, flags: int) -> int:
+        def can_open() -> bool:
+            self._check_alive()
+            return conn.streams.can_open_local(uni)
+
+        dontwait = flags & (uapi.MSG_QUIC_STREAM_DONTWAIT | uapi.MSG_DONTWAIT)
+        self._wait(can_open, self._deadline(), uapi.MSG_DONTWAIT if dontwait else 0)
+        try:
+            sid = conn.open_stream(uni)
+        except StreamLimitError:
+            raise _err(errno.EAGAIN) from None
+        self.active_stream = sid
+        return sid
+
+    def recvmsg(
+        self, bufsize: int, ancbufsize: int = 0, flags: int = 0
+    ) -> tuple[bytes, AncData, int, tuple]:
+        """One event, handshake message, datagram, or piece of one stream's data, with its
+        record: ``(data, ancdata, msg_flags, address)``."""
+        with self._lock:
+            conn = self.conn
+            if conn is None:
+                raise _err(errno.ENOTCONN)
+            self._wait(lambda: self._readable(), self._deadline(), flags)
+            peer = conn.peer_addr
+            try:
+                if conn.notifications:
+                    event, payload = conn.notifications.popleft()
+                    return (
+                        bytes((event,)) + payload,
+                        [],
+                        uapi.MSG_QUIC_NOTIFICATION | uapi.MSG_EOR,
+                        peer,
+                    )
+                if self._handshake_pending():
+                    level, data = conn.crypto_inbox.popleft()
+                    record = uapi.QuicHandshakeInfo(level).pack()
+                    return (
+                        data,
+                        [(uapi.SOL_QUIC, uapi.QUIC_HANDSHAKE_INFO, record)],
+                        uapi.MSG_EOR,
+                        peer,
+                    )
+                if conn.datagrams_in:
+                    data = conn.datagrams_in.popleft()
+                    msg_flags = uapi.MSG_QUIC_DATAGRAM | uapi.MSG_EOR
+                    if len(data) > bufsize:
+                        data, msg_flags = data[:bufsize], msg_flags | uapi.MSG_TRUNC
+                    return data, [], msg_flags, peer
+                chunk = conn.read_stream(bufsize)
+                if chunk is not None:
+                    sid, data, fin = chunk
+                    if sid & uapi.QUIC_STREAM_TYPE_UNI_MASK == 0 and self.active_stream < 0:
+                        self.active_stream = sid
+                    sflags = uapi.MSG_QUIC_STREAM_FIN if fin else 0
+                    record = uapi.QuicStreamInfo(sid, sflags).pack()
+                    self.flush()
+                    return data, [(uapi.SOL_QUIC, uapi.QUIC_STREAM_INFO, record)], sflags, peer
+                raise self._closed_error() if conn.state >= State.CLOSING else _err(errno.EAGAIN)
+            finally:
+                self._update_ready()
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self.recvmsg(bufsize, 0, flags)[0]
+
+    # ------------------------------------------------------------------
+    # the handshake library's socket operations (handshake.libquic.HandshakeSocket)
+
+    def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
+        with self._lock:
+            conn = self.conn
+            if conn is None:
+                raise _err(errno.ENOTCONN)
+            deadline = time.monotonic() + timeout
+
+            def ready() -> bool:
+                return bool(conn.crypto_inbox) or conn.state >= State.CLOSING
+
+            old, self._timeout = self._timeout, None
+            try:
+                self._wait(ready, deadline)
+            finally:
+                self._timeout = old
+            if conn.crypto_inbox:
+                level, data = conn.crypto_inbox.popleft()
+                self._update_ready()
+                return level, data
+            raise self._closed_error()
+
+    def send_handshake(self, level: int, data: bytes, more: bool) -> None:
+        with self._lock:
+            conn = self.conn
+            if conn is None:
+                raise _err(errno.ENOTCONN)
+            if conn.state >= State.CLOSING:
+                raise self._closed_error()
+            try:
+                conn.handshake_send(level, data)
+            except ValueError as exc:
+                raise _err(errno.EINVAL, str(exc)) from None
+            if not more:
+                self.flush()
+
+    # ------------------------------------------------------------------
+    # options
+
+    def setsockopt(self, level: int, optname: int, value: bytes | int = b"") -> None:
+        if level == _socket.SOL_SOCKET:
+            return  # buffer sizes and the like: the tunnel sizes its own socket
+        if level != uapi.SOL_QUIC:
+            raise _err(errno.ENOPROTOOPT)
+        if isinstance(value, int):
+            value = value.to_bytes(4, "little")
+        if len(value) > uapi.QUIC_SOCKOPT_MAX_LEN:
+            raise _err(errno.EINVAL, "option too long")
+        handler = self._setters.get(optname)
+        if handler is None:
+            raise _err(errno.ENOPROTOOPT)
+        with self._lock:
+            try:
+                handler(self, bytes(value))
+            except (ValueError, StreamStateError) as exc:
+                raise _err(errno.EINVAL, str(exc)) from None
+            except QuicError as exc:
+                self.conn.close(
+                    exc.code, exc.reason.encode()[:64], exc.frame_type or 0, now=time.monotonic()
+                )
+                self.flush()
+                raise _err(errno.EINVAL, str(exc)) from None
+            if self.conn is not None:
+                self.flush()
+
+    def getsockopt(self, level: int, optname: int, buflen: int | bytes = 0) -> bytes:
+        """``buflen`` may be the input record for options that read one (EVENT,
+        STREAM_OPEN, TRANSPORT_PARAM with ``remote``), as their optval is in/out."""
+        if level != uapi.SOL_QUIC:
+            raise _err(errno.ENOPROTOOPT)
+        request = buflen if isinstance(buflen, (bytes, bytearray)) else b""
+        handler = self._getters.get(optname)
+        if handler is None:
+            raise _err(errno.ENOPROTOOPT)
+        with self._lock:
+            try:
+                return handler(self, bytes(request))
+            except ValueError as exc:
+                raise _err(errno.EINVAL, str(exc)) from None
+
+    def _establishing(self) -> Connection:
+        if (
+            self.conn is None
+            or self.conn.state != State.ESTABLISHING
+            or self.conn.handshake_complete
+        ):
+            raise ValueError("only while the connection is establishing")
+        return self.conn
+
+    def _set_event(self, value: bytes) -> None:
+        opt = uapi.QuicEventOption.unpack(value)
+        if not uapi.QUIC_EVENT_NONE < opt.type <= uapi.QUIC_EVENT_MAX:
+            raise ValueError("unknown event type")
+        if opt.on:
+            self.event_mask |= 1 << opt.type
+        else:
+            self.event_mask &= ~(1 << opt.type)
+        if self.conn is not None:
+            self.conn.config.event_mask = self.event_mask
+
+    def _get_event(self, request: bytes) -> bytes:
+        opt = uapi.QuicEventOption.unpack(request)
+        if not uapi.QUIC_EVENT_NONE < opt.type <= uapi.QUIC_EVENT_MAX:
+            raise ValueError("unknown event type")
+        opt.on = int(bool(self.event_mask & (1 << opt.type)))
+        return opt.pack()
+
+    def _get_stream_open(self, request: bytes) -> bytes:
+        info = uapi.QuicStreamInfo.unpack(request) if request else uapi.QuicStreamInfo()
+        conn = self._check_alive()
+        if info.stream_id >= 0:
+            conn.streams.open_specific(info.stream_id)
+            sid = info.stream_id
+        else:
+            uni = bool(info.stream_flags & uapi.MSG_QUIC_STREAM_UNI)
+            sid = self._open_stream(conn, uni, info.stream_flags)
+        return uapi.QuicStreamInfo(sid, info.stream_flags).pack()
+
+    def _set_stream_reset(self, value: bytes) -> None:
+        info = uapi.QuicErrinfo.unpack(value)
+        self._check_alive().reset_stream(info.stream_id, info.errcode)
+
+    def _set_stop_sending(self, value: bytes) -> None:
+        info = uapi.QuicErrinfo.unpack(value)
+        self._check_alive().stop_sending(info.stream_id, info.errcode)
+
+    def _set_connection_close(self, value: bytes) -> None:
+        if len(value) < 5:
+            raise ValueError("short connection close record")
+        self.close_record = uapi.QuicConnectionClose.unpack(value.ljust(72, b"\0")[:72])
+
+    def _get_connection_close(self, request: bytes) -> bytes:
+        info = self.conn.close_info if self.conn else None
+        if info is None:
+            return self.close_record.pack()
+        return uapi.QuicConnectionClose(
+            info.error_code, info.frame_type or 0, info.reason[:64]
+        ).pack()
+
+    def _set_transport_param(self, value: bytes) -> None:
+        rec = uapi.QuicTransportParam.unpack(value)
+        if self.conn is not None and self.conn.state != State.ESTABLISHING:
+            raise ValueError("transport parameters are fixed once established")
+        if rec.remote:
+            self.remote_params = rec
+            return
+        self.local_params = params_from_uapi(rec, self.local_params)
+        if self.conn is not None:
+            self.conn.local_params = self.local_params
+
+    def _get_transport_param(self, request: bytes) -> bytes:
+        if request and uapi.QuicTransportParam.unpack(request).remote:
+            conn = self.conn
+            if conn is None or conn.peer_params is None:
+                raise ValueError("no peer transport parameters yet")
+            rec = params_to_uapi(conn.peer_params)
+            rec.remote = 1
+            return rec.pack()
+        return params_to_uapi(self.local_params).pack()
+
+    def _set_config(self, value: bytes) -> None:
+        rec = uapi.QuicConfig.unpack(value)
+        if self.conn is not None and self.conn.state != State.ESTABLISHING:
+            raise ValueError("config is fixed once established")
+        if rec.version and rec.version not in (uapi.QUIC_VERSION_V1, uapi.QUIC_VERSION_V2):
+            raise ValueError("unsupported version")
+        if rec.congestion_control_algo >= uapi.QUIC_CONG_ALG_MAX:
+            raise ValueError("unknown congestion control algorithm")
+        if rec.initial_smoothed_rtt and not 1000 <= rec.initial_smoothed_rtt <= 6_000_000:
+            raise ValueError("initial_smoothed_rtt out of range")
+        merged = uapi.QuicConfig(
+            *[
+                new or old
+                for new, old in zip(
+                    rec.__dict__.values(), self.config.__dict__.values(), strict=True
+                )
+            ]
+        )
+        # congestion_control_algo 0 (Reno) is a real choice, not "unchanged".
+        merged.congestion_control_algo = rec.congestion_control_algo
+        self.config = merged
+
+    def _get_config(self, request: bytes) -> bytes:
+        return self.config.pack()
+
+    def _set_token(self, value: bytes) -> None:
+        conn = self.conn
+        if conn is not None and not conn.is_client:
+            raise ValueError("NEW_TOKEN from the server arrives with address validation")
+        if len(value) > uapi.QUIC_TOKEN_MAX_LEN:
+            raise ValueError("token too long")
+        self.token = value
+        if conn is not None:
+            conn.token = value
+
+    def _get_token(self, request: bytes) -> bytes:
+        conn = self.conn
+        if (conn is not None and not conn.is_client) or self.state == SOCK_LISTENING:
+            raise ValueError("a server has no token to read")  # libquic's role test
+        return conn.token if conn is not None else self.token
+
+    def _set_alpn(self, value: bytes) -> None:
+        if self.state == SOCK_LISTENING:
+            raise ValueError("ALPN must be set before listen()")
+        value = value.rstrip(b"\0")
+        if len(value) > uapi.QUIC_ALPN_MAX_LEN:
+            raise ValueError("ALPN list too long")
+        self.alpn = value
+
+    def _get_alpn(self, request: bytes) -> bytes:
+        return self.alpn
+
+    def _set_session_ticket(self, value: bytes) -> None:
+        if self.state == SOCK_LISTENING:
+            raise ValueError("no session ticket on a listening socket")
+        self.session_ticket = value
+
+    def _get_session_ticket(self, request: bytes) -> bytes:
+        conn = self.conn
+        if conn is not None and not conn.is_client and not self.session_ticket:
+            self.session_ticket = os.urandom(64)  # ticket master key for this server socket
+        return self.session_ticket
+
+    def _set_crypto_secret(self, value: bytes) -> None:
+        rec = uapi.QuicCryptoSecret.unpack(value)
+        conn = self._establishing()
+        size = 48 if rec.type == uapi.TLS_CIPHER_AES_GCM_256 else 32
+        conn.set_secret(rec.level, bool(rec.send), rec.type, rec.secret[:size])
+
+    def _set_transport_param_ext(self, value: bytes) -> None:
+        self._establishing().set_peer_transport_params(value)
+
+    def _get_transport_param_ext(self, request: bytes) -> bytes:
+        return self._establishing().local_transport_params()
+
+    def _unsupported(self, value: bytes) -> None:
+        raise _err(errno.EOPNOTSUPP, "not supported yet")
+
+    _setters = {
+        uapi.QUIC_SOCKOPT_EVENT: _set_event,
+        uapi.QUIC_SOCKOPT_STREAM_RESET: _set_stream_reset,
+        uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING: _set_stop_sending,
+        uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _set_connection_close,
+        uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION: _unsupported,
+        uapi.QUIC_SOCKOPT_KEY_UPDATE: _unsupported,
+        uapi.QUIC_SOCKOPT_CONNECTION_ID: _unsupported,
+        uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _set_transport_param,
+        uapi.QUIC_SOCKOPT_CONFIG: _set_config,
+        uapi.QUIC_SOCKOPT_TOKEN: _set_token,
+        uapi.QUIC_SOCKOPT_ALPN: _set_alpn,
+        uapi.QUIC_SOCKOPT_SESSION_TICKET: _set_session_ticket,
+        uapi.QUIC_SOCKOPT_CRYPTO_SECRET: _set_crypto_secret,
+        uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT: _set_transport_param_ext,
+    }
+    _getters = {
+        uapi.QUIC_SOCKOPT_EVENT: _get_event,
+        uapi.QUIC_SOCKOPT_STREAM_OPEN: _get_stream_open,
+        uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _get_connection_close,
+        uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _get_transport_param,
+        uapi.QUIC_SOCKOPT_CONFIG: _get_config,
+        uapi.QUIC_SOCKOPT_TOKEN: _get_token,
+        uapi.QUIC_SOCKOPT_ALPN: _get_alpn,
+        uapi.QUIC_SOCKOPT_SESSION_TICKET: _get_session_ticket,
+        uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT: _get_transport_param_ext,
+    }
+
+    # ------------------------------------------------------------------
+    # close
+
+    def shutdown(self, how: int = _socket.SHUT_RDWR) -> None:
+        """Close the connection (CONNECTION_CLOSE with the configured code) but keep the
+        socket object usable for reading the close information."""
+        with self._lock:
+            conn = self.conn
+            if conn is not None and conn.state < State.CLOSING:
+                rec = self.close_record
+                conn.close(rec.errcode, rec.phrase.rstrip(b"\0"), None, now=time.monotonic())
+                self.flush()
+
+    def close(self) -> None:
+        """Release the socket. An open connection sends CONNECTION_CLOSE and lingers in the
+        tunnel through its closing period; the UDP port is released after it."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            if self.state == SOCK_LISTENING:
+                self.tunnel.remove_listener(self)
+                while self._accept_queue:
+                    self._accept_queue.popleft().close()
+            self.shutdown()
+            self._cond.notify_all()
+            conn = self.conn
+            if self.tunnel is not None and (conn is None or conn.state == State.CLOSED):
+                if conn is not None:
+                    self._finish()
+                else:
+                    tunnel, self.tunnel = self.tunnel, None
+                    put_tunnel(tunnel)
+            for fd in (self._ready_r, self._ready_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def socket(
+    family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM, proto: int = uapi.IPPROTO_QUIC
+) -> QuicSocket:
+    """``socket(AF_INET, SOCK_STREAM, IPPROTO_QUIC)``."""
+    return QuicSocket(family, type, proto)
+
+
+def quic_sendmsg(sock: QuicSocket, data: bytes, sid: int, flags: int) -> int:
+    """libquic's helper: the stream flags ride in a QUIC_STREAM_INFO record."""
+    record = uapi.QuicStreamInfo(sid, flags & uapi.MSG_QUIC_STREAM_FLAGS).pack()
+    return sock.sendmsg(
+        [data],
+        [(uapi.SOL_QUIC, uapi.QUIC_STREAM_INFO, record)],
+        flags & ~uapi.MSG_QUIC_STREAM_FLAGS,
+    )
+
+
+def quic_recvmsg(sock: QuicSocket, bufsize: int, flags: int = 0) -> tuple[bytes, int, int]:
+    """libquic's helper: returns (data, stream id, msg_flags | stream flags)."""
+    data, ancdata, msg_flags, _ = sock.recvmsg(bufsize, 64, flags)
+    sid = -1
+    for level, kind, payload in ancdata:
+        if level == uapi.SOL_QUIC and kind == uapi.QUIC_STREAM_INFO:
+            info = uapi.QuicStreamInfo.unpack(payload)
+            sid, msg_flags = info.stream_id, msg_flags | info.stream_flags
+    return data, sid, msg_flags
+
+
+__all__ = ["QuicSocket", "TransportError", "quic_recvmsg", "quic_sendmsg", "socket"]

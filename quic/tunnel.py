@@ -1,0 +1,279 @@
+"""The UDP tunnel: one UDP socket serving many QUIC connections (DESIGN §1).
+
+An I/O thread per tunnel receives datagrams, routes each to its connection by the
+Destination Connection ID, hands new Initials to a listener, answers unknown versions
+with Version Negotiation, and fires connection timers. Sending happens in whatever
+thread holds the connection (the caller of ``sendmsg`` or this I/O thread).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .errors import QuicError
+from .packet import (
+    MIN_INITIAL_SIZE,
+    SUPPORTED_VERSIONS,
+    PacketType,
+    encode_version_negotiation,
+    parse_header,
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
+
+# Datagrams read in one wake-up before the touched connections flush their output:
+# bounded so timers still fire under a flood.
+RECV_BATCH = 64
+RECV_BUFFER = 65536
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class Endpoint(Protocol):
+    """A connection as the tunnel sees it."""
+
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None: ...
+
+    def flush(self, now: float) -> None: ...
+
+    def timer_expired(self, now: float) -> None: ...
+
+
+class Listener(Protocol):
+    """A listening socket: it may turn a new Initial into a connection."""
+
+    def accept_initial(
+        self, tunnel: Tunnel, data: bytes, addr: Address, dcid: bytes, now: float
+    ) -> Endpoint | None: ...
+
+
+class Tunnel:
+    """A bound UDP socket, its demux table, its listeners and its timer heap."""
+
+    def __init__(self, local_addr: Address, cid_length: int) -> None:
+        family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
+        if family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.bind(local_addr)
+        self.sock.setblocking(False)
+        self.family = family
+        self.local_addr = self.sock.getsockname()
+        self.cid_length = cid_length
+        self.routes: dict[bytes, Endpoint] = {}
+        self.listeners: list[Listener] = []
+        self.users = 0
+        self._lock = threading.Lock()
+        self._timers: list[tuple[float, int, Endpoint]] = []
+        self._deadlines: dict[int, float] = {}
+        self._seq = itertools.count()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"quic-tunnel-{self.local_addr[1]}", daemon=True
+        )
+        self._thread.start()
+
+    # routing table
+
+    def add_route(self, cid: bytes, endpoint: Endpoint) -> None:
+        with self._lock:
+            self.routes[cid] = endpoint
+
+    def remove_route(self, cid: bytes) -> None:
+        with self._lock:
+            self.routes.pop(cid, None)
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self.listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self.listeners:
+                self.listeners.remove(listener)
+
+    # output and timers, callable from any thread
+
+    def sendto(self, datagram: bytes, addr: Address) -> None:
+        try:
+            self.sock.sendto(datagram, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # a full socket buffer is loss; recovery repairs it
+        except OSError as exc:
+            log.debug("sendto %s failed: %s", addr, exc)
+
+    def schedule(self, endpoint: Endpoint, deadline: float | None) -> None:
+        """Arm (or with None, disarm) ``endpoint``'s single timer."""
+        key = id(endpoint)
+        with self._lock:
+            if deadline is None:
+                self._deadlines.pop(key, None)
+                return
+            if self._deadlines.get(key) == deadline:
+                return
+            self._deadlines[key] = deadline
+            first = not self._timers or deadline < self._timers[0][0]
+            heapq.heappush(self._timers, (deadline, next(self._seq), endpoint))
+        if first and threading.current_thread() is not self._thread:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        self.sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # the I/O thread
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        while not self._closed:
+            timeout = self._next_timeout()
+            for key, _ in sel.select(timeout):
+                if key.fileobj is self.sock:
+                    self._receive_batch()
+                else:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+            self._fire_timers()
+        sel.close()
+
+    def _next_timeout(self) -> float | None:
+        with self._lock:
+            if not self._timers:
+                return None
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        due: list[Endpoint] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                deadline, _, endpoint = heapq.heappop(self._timers)
+                if self._deadlines.get(id(endpoint)) == deadline:
+                    del self._deadlines[id(endpoint)]
+                    due.append(endpoint)
+        for endpoint in due:
+            self._guard(endpoint.timer_expired, now)
+
+    def _receive_batch(self) -> None:
+        touched: dict[int, Endpoint] = {}
+        recvfrom = self.sock.recvfrom
+        now = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = recvfrom(RECV_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable surfaced on the socket
+                log.debug("recvfrom: %s", exc)
+                continue
+            endpoint = self._route(data, addr, now)
+            if endpoint is not None:
+                self._guard(endpoint.datagram_received, data, addr, now)
+                touched[id(endpoint)] = endpoint
+        for endpoint in touched.values():
+            self._guard(endpoint.flush, now)
+
+    def _route(self, data: bytes, addr: Address, now: float) -> Endpoint | None:
+        """The connection a datagram belongs to, a new one from a listener, or None (dropped
+        or answered here)."""
+        if not data:
+            return None
+        try:
+            header = parse_header(data, 0, self.cid_length)
+        except QuicError:
+            return None
+        endpoint = self.routes.get(header.dcid)
+        if endpoint is not None:
+            return endpoint
+        if header.packet_type is None:
+            self._version_negotiation(data, header.dcid, header.scid, addr)
+            return None
+        if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
+            return None
+        for listener in list(self.listeners):
+            endpoint = self._guard(listener.accept_initial, self, data, addr, header.dcid, now)
+            if endpoint is not None:
+                return endpoint
+        return None
+
+    def _version_negotiation(self, data: bytes, dcid: bytes, scid: bytes, addr: Address) -> None:
+        """RFC 9000 §6.1: answer an unknown version, but only to a datagram large enough to
+        be an Initial, so we cannot be used to amplify."""
+        if len(data) < MIN_INITIAL_SIZE or not self.listeners:
+            return
+        self.sendto(encode_version_negotiation(scid, dcid, list(SUPPORTED_VERSIONS)), addr)
+
+    @staticmethod
+    def _guard(func: Callable, *args):
+        """Run one connection's handler; a bug triggered by one peer must not stop the I/O
+        thread that serves every other connection."""
+        try:
+            return func(*args)
+        except Exception:
+            log.exception("connection handler failed")
+            return None
+
+
+_registry: dict[tuple, Tunnel] = {}
+_registry_lock = threading.Lock()
+
+
+def get_tunnel(local_addr: Address, cid_length: int) -> Tunnel:
+    """The tunnel bound to ``local_addr``, created on first use. Port 0 always makes a new
+    tunnel on an ephemeral port, as a client's implicit bind does."""
+    with _registry_lock:
+        key = (local_addr[0], local_addr[1])
+        tunnel = _registry.get(key) if local_addr[1] else None
+        if tunnel is None or tunnel._closed:
+            tunnel = Tunnel(local_addr, cid_length)
+            _registry[(tunnel.local_addr[0], tunnel.local_addr[1])] = tunnel
+            if local_addr[1]:
+                _registry[key] = tunnel
+        tunnel.users += 1
+        return tunnel
+
+
+def put_tunnel(tunnel: Tunnel) -> None:
+    """Drop one user; the last one closes the UDP socket."""
+    with _registry_lock:
+        tunnel.users -= 1
+        if tunnel.users > 0:
+            return
+        for key in [k for k, t in _registry.items() if t is tunnel]:
+            del _registry[key]
+    tunnel.close()

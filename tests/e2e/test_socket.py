@@ -1,0 +1,243 @@
+"""The userspace socket API and the kernel-consumer API over UDP loopback, with real
+TLS 1.3 handshakes from GnuTLS."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import selectors
+import socket
+
+import pytest
+
+from handshake.libquic import quic_client_handshake, quic_server_handshake
+from quic import uapi
+from quic.kernel import (
+    Msghdr,
+    kernel_accept,
+    kernel_bind,
+    kernel_connect,
+    kernel_listen,
+    kernel_recvmsg,
+    kernel_sendmsg,
+    kernel_setsockopt,
+    sock_create,
+    sock_release,
+)
+from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
+
+TIMEOUT = 3.0
+
+
+def listener(alpn: bytes = b"smb", family: int = socket.AF_INET) -> QuicSocket:
+    sock = QuicSocket(family)
+    sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn)
+    sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+    sock.listen()
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def connect(port: int, pki, family: int = socket.AF_INET) -> QuicSocket:
+    sock = QuicSocket(family)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1" if family == socket.AF_INET else "::1", port))
+    quic_client_handshake(sock, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT)
+    return sock
+
+
+def accept(srv: QuicSocket, pki) -> QuicSocket:
+    child, _ = srv.accept()
+    child.settimeout(TIMEOUT)
+    quic_server_handshake(child, str(pki.server_key), str(pki.server_cert), "smb", timeout=TIMEOUT)
+    return child
+
+
+def read_streams(sock: QuicSocket, count: int):
+    """Yield (stream id, data) as each of ``count`` streams completes; data of several
+    streams may interleave, one stream per recvmsg."""
+    pending: dict[int, bytearray] = {}
+    for _ in range(count):
+        while True:
+            data, sid, flags = quic_recvmsg(sock, 1 << 16)
+            pending.setdefault(sid, bytearray()).extend(data)
+            if flags & uapi.MSG_QUIC_STREAM_FIN:
+                yield sid, bytes(pending.pop(sid))
+                break
+
+
+def read_stream(sock: QuicSocket) -> tuple[int, bytes]:
+    return next(read_streams(sock, 1))
+
+
+def echo_digest(srv: QuicSocket, pki, streams: int):
+    child = accept(srv, pki)
+    try:
+        for sid, data in read_streams(child, streams):
+            quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
+        return child.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN)
+    finally:
+        child.close()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_large_stream_both_directions_hash_checked(pki, server_thread, family) -> None:
+    srv = listener(family=family)
+    server = server_thread(lambda: echo_digest(srv, pki, 1))
+    cli = connect(srv.getsockname()[1], pki, family)
+    payload = os.urandom(8 << 20)
+    quic_sendmsg(cli, payload, -1, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    _, digest = read_stream(cli)
+    assert digest == hashlib.sha256(payload).digest()
+    assert server.join() == b"smb"
+    cli.close()
+    srv.close()
+
+
+def test_many_streams(pki, server_thread) -> None:
+    srv = listener()
+    server = server_thread(lambda: echo_digest(srv, pki, 16))
+    cli = connect(srv.getsockname()[1], pki)
+    payloads = {}
+    for i in range(16):
+        info = cli.getsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+        )
+        sid = uapi.QuicStreamInfo.unpack(info).stream_id
+        payloads[sid] = os.urandom(10_000 * (i + 1))
+        quic_sendmsg(cli, payloads[sid], sid, uapi.MSG_QUIC_STREAM_FIN)
+    for sid, digest in read_streams(cli, 16):
+        assert digest == hashlib.sha256(payloads[sid]).digest()
+    server.join()
+    cli.close()
+    srv.close()
+
+
+def test_nonblocking_socket_is_selectable(pki, server_thread) -> None:
+    srv = listener()
+
+    def serve():
+        child = accept(srv, pki)
+        quic_sendmsg(child, b"hello", 1, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+        read_stream(child)
+        child.close()
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    cli.setblocking(False)
+    with pytest.raises(OSError) as info:
+        # Nothing has arrived yet, or it arrives right now: either is a valid answer.
+        while True:
+            data, _, flags = quic_recvmsg(cli, 100)
+            if flags & uapi.MSG_QUIC_STREAM_FIN:
+                raise OSError(errno.EAGAIN, "got it already")
+    assert info.value.errno == errno.EAGAIN
+    with selectors.DefaultSelector() as sel:
+        sel.register(cli, selectors.EVENT_READ)
+        data = b""
+        for _ in range(100):
+            if sel.select(TIMEOUT):
+                try:
+                    chunk, _, flags = quic_recvmsg(cli, 100)
+                except BlockingIOError:
+                    continue
+                data += chunk
+                if flags & uapi.MSG_QUIC_STREAM_FIN:
+                    break
+    assert data in (b"hello", b"")
+    cli.setblocking(True)
+    cli.settimeout(TIMEOUT)
+    quic_sendmsg(cli, b"bye", 1, uapi.MSG_QUIC_STREAM_FIN)
+    server.join()
+    cli.close()
+    srv.close()
+
+
+def test_closed_port_is_refused_or_times_out(pki) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cli = QuicSocket()
+    cli.connect(("127.0.0.1", port))
+    with pytest.raises((TimeoutError, ConnectionError, OSError)):
+        quic_client_handshake(cli, None, "server.test", "smb", ca_file=str(pki.ca), timeout=1.0)
+    cli.close()
+
+
+def test_close_reaches_the_peer_with_its_code(pki, server_thread) -> None:
+    srv = listener()
+
+    def serve():
+        child = accept(srv, pki)
+        close = uapi.QuicConnectionClose(0x1234, 0, b"going away").pack()
+        child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE, close)
+        child.close()
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    server.join()
+    with pytest.raises(ConnectionResetError) as info:
+        quic_recvmsg(cli, 100)
+    assert "0x1234" in str(info.value) and "going away" in str(info.value)
+    record = uapi.QuicConnectionClose.unpack(
+        cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE)
+    )
+    assert record.errcode == 0x1234
+    cli.close()
+    srv.close()
+
+
+def test_kernel_consumer_api(pki, server_thread) -> None:
+    """The seed's sample flow: sock_create, kernel_bind/listen/accept, a handshake,
+    kernel_sendmsg/kernel_recvmsg with QUIC_STREAM_INFO, sock_release."""
+    lsock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
+    kernel_setsockopt(lsock, uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, b"smb")
+    kernel_bind(lsock, ("127.0.0.1", 0))
+    kernel_listen(lsock, 8)
+
+    def serve():
+        nsock = kernel_accept(lsock)
+        quic_server_handshake(
+            nsock, str(pki.server_key), str(pki.server_cert), "smb", timeout=TIMEOUT
+        )
+        msg = Msghdr()
+        data = kernel_recvmsg(nsock, msg, 1024)
+        info = uapi.QuicStreamInfo.unpack(msg.msg_control[0][2])
+        reply = Msghdr(
+            msg_control=[
+                (
+                    uapi.SOL_QUIC,
+                    uapi.QUIC_STREAM_INFO,
+                    uapi.QuicStreamInfo(info.stream_id, uapi.MSG_QUIC_STREAM_FIN).pack(),
+                )
+            ]
+        )
+        kernel_sendmsg(nsock, reply, [b"echo:", data])
+        sock_release(nsock)
+
+    server = server_thread(serve)
+    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
+    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
+    quic_client_handshake(csock, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT)
+    hello = Msghdr(
+        msg_control=[
+            (
+                uapi.SOL_QUIC,
+                uapi.QUIC_STREAM_INFO,
+                uapi.QuicStreamInfo(0, uapi.MSG_QUIC_STREAM_NEW).pack(),
+            )
+        ]
+    )
+    assert kernel_sendmsg(csock, hello, b"ping") == 4
+    msg = Msghdr()
+    got = b""
+    while True:
+        got += kernel_recvmsg(csock, msg, 1024)
+        if msg.msg_flags & uapi.MSG_QUIC_STREAM_FIN:
+            break
+    assert got == b"echo:ping"
+    server.join()
+    sock_release(csock)
+    sock_release(lsock)
