@@ -1,0 +1,215 @@
+"""An independent QUIC peer for interop tests: aioquic speaking hq-interop (HTTP/0.9).
+
+Runs in its own process so that it shares nothing with kquic but the network:
+
+    python -m tests.interop.aioquic_peer server --port P --root DIR --cert C --key K
+    python -m tests.interop.aioquic_peer client https://127.0.0.1:P/file ... --output DIR
+    python -m tests.interop.aioquic_peer perf-server --port P --cert C --key K
+    python -m tests.interop.aioquic_peer perf-client --port P (--send N | --recv N)
+
+The server prints ``ready <port>`` once listening. The client exits 0 only if every
+file arrived. The perf pair moves N bytes on one stream and prints a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import StreamDataReceived
+
+ALPN = "hq-interop"
+PERF_ALPN = "perf"
+CHUNK = 65536
+
+
+class HqServer(QuicConnectionProtocol):
+    """Answers ``GET /path`` on each bidirectional stream with the file and FIN."""
+
+    root: Path
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._requests: dict[int, bytes] = {}
+
+    def quic_event_received(self, event) -> None:
+        if not isinstance(event, StreamDataReceived):
+            return
+        buf = self._requests.get(event.stream_id, b"") + event.data
+        self._requests[event.stream_id] = buf
+        if not event.end_stream:
+            return
+        line = buf.decode("ascii", "replace").strip()
+        path = line[4:] if line.startswith("GET ") else ""
+        target = (self.root / path.lstrip("/")).resolve()
+        if self.root.resolve() in target.parents and target.is_file():
+            body = target.read_bytes()
+        else:
+            body = b""
+        self._quic.send_stream_data(event.stream_id, body, end_stream=True)
+        self.transmit()
+
+
+class PerfServer(QuicConnectionProtocol):
+    """Perf protocol: the client sends 8 bytes (big-endian size to send back, 0 for an
+    upload), then optionally its upload, then FIN; the server answers and FINs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._head: dict[int, bytes] = {}
+
+    def quic_event_received(self, event) -> None:
+        if not isinstance(event, StreamDataReceived):
+            return
+        head = self._head.get(event.stream_id, b"")
+        if len(head) < 8:
+            head += event.data[: 8 - len(head)]
+            self._head[event.stream_id] = head
+        if event.end_stream:
+            size = int.from_bytes(head[:8], "big")
+            sent = 0
+            while sent < size:
+                n = min(CHUNK, size - sent)
+                self._quic.send_stream_data(event.stream_id, bytes(n), end_stream=sent + n == size)
+                sent += n
+            if size == 0:
+                self._quic.send_stream_data(event.stream_id, b"", end_stream=True)
+            self.transmit()
+
+
+async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=[alpn], max_datagram_frame_size=65536
+    )
+    config.load_cert_chain(args.cert, args.key)
+    if protocol is HqServer:
+        HqServer.root = Path(args.root)
+    server = await serve(
+        args.host, args.port, configuration=config, create_protocol=protocol, retry=args.retry
+    )
+    port = server._transport.get_extra_info("sockname")[1]
+    print(f"ready {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def client_config(args: argparse.Namespace, alpn: str) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=True, alpn_protocols=[alpn])
+    if args.ca:
+        config.load_verify_locations(args.ca)
+        config.server_name = args.server_name
+    else:
+        config.verify_mode = ssl.CERT_NONE
+    return config
+
+
+async def fetch(args: argparse.Namespace) -> int:
+    first = urlparse(args.urls[0])
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    async with connect(
+        first.hostname, first.port, configuration=client_config(args, ALPN)
+    ) as proto:
+
+        async def one(url: str) -> bool:
+            reader, writer = await proto.create_stream()
+            writer.write(f"GET {urlparse(url).path}\r\n".encode())
+            writer.write_eof()
+            body = await reader.read()
+            (out / Path(urlparse(url).path).name).write_bytes(body)
+            return True
+
+        results = await asyncio.wait_for(asyncio.gather(*(one(u) for u in args.urls)), args.timeout)
+    return 0 if all(results) else 1
+
+
+async def perf_client(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    async with connect(args.host, args.port, configuration=client_config(args, PERF_ALPN)) as proto:
+        hs = time.monotonic() - start
+        reader, writer = await proto.create_stream()
+        t0 = time.monotonic()
+        writer.write((args.recv or 0).to_bytes(8, "big"))
+        sent = 0
+        block = bytes(CHUNK)
+        while sent < (args.send or 0):
+            n = min(CHUNK, args.send - sent)
+            writer.write(block[:n])
+            sent += n
+            if sent % (CHUNK * 16) == 0:
+                await writer.drain()
+        writer.write_eof()
+        received = 0
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                break
+            received += len(data)
+        seconds = time.monotonic() - t0
+    moved = sent + received
+    print(
+        json.dumps(
+            {
+                "impl": "aioquic",
+                "bytes": moved,
+                "seconds": round(seconds, 4),
+                "MBps": round(moved / seconds / 1e6, 2),
+                "handshake_ms": round(hs * 1000, 2),
+                "cpu_seconds": round(time.process_time(), 3),
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="aioquic_peer")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("server", "perf-server"):
+        p = sub.add_parser(name)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=0)
+        p.add_argument("--root", default=".")
+        p.add_argument("--cert", required=True)
+        p.add_argument("--key", required=True)
+        p.add_argument("--retry", action="store_true")
+    c = sub.add_parser("client")
+    c.add_argument("urls", nargs="+")
+    c.add_argument("--output", required=True)
+    pc = sub.add_parser("perf-client")
+    pc.add_argument("--host", default="127.0.0.1")
+    pc.add_argument("--port", type=int, required=True)
+    pc.add_argument("--send", type=int, default=0)
+    pc.add_argument("--recv", type=int, default=0)
+    for p in (c, pc):
+        p.add_argument("--ca")
+        p.add_argument("--server-name", default="server.test")
+        p.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args()
+    try:
+        if args.cmd == "server":
+            asyncio.run(run_server(args, ALPN, HqServer))
+        elif args.cmd == "perf-server":
+            asyncio.run(run_server(args, PERF_ALPN, PerfServer))
+        elif args.cmd == "client":
+            return asyncio.run(fetch(args))
+        else:
+            return asyncio.run(perf_client(args))
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        print(f"aioquic_peer: {exc!r}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
