@@ -1,6 +1,6 @@
 """Frame encode/decode cost: a full-size STREAM frame, ACKs, and a typical payload.
 
-    python bench/micro_frame.py [--seconds S]
+python bench/micro_frame.py [--seconds S]
 """
 
 from __future__ import annotations

@@ -488,6 +488,8 @@ class Connection:
 
     def _on_stream(self, frame: Stream, level: int, now: float) -> bool:
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STREAM)
+        if stream is None:
+            return True  # a late retransmission for a stream already closed
         if stream.recv is None:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.STREAM, "stream is send-only"
@@ -500,7 +502,9 @@ class Connection:
 
     def _on_reset_stream(self, frame: ResetStream, level: int, now: float) -> bool:
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.RESET_STREAM)
-        if stream is None or stream.recv is None:
+        if stream is None:
+            return True
+        if stream.recv is None:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.RESET_STREAM, "no receive side"
             )
@@ -516,6 +520,8 @@ class Connection:
 
     def _on_stop_sending(self, frame: StopSending, level: int, now: float) -> bool:
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STOP_SENDING)
+        if stream is None:
+            return True
         if stream.send is None:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.STOP_SENDING, "no send side"
@@ -538,6 +544,8 @@ class Connection:
 
     def _on_max_stream_data(self, frame: MaxStreamData, level: int, now: float) -> bool:
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.MAX_STREAM_DATA)
+        if stream is None:
+            return True
         if stream.send is None:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.MAX_STREAM_DATA, "no send side"

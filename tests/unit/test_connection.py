@@ -291,3 +291,23 @@ def test_peer_exceeding_flow_control_is_closed_with_the_right_code() -> None:
     assert pair.server.close_info.error_code == TransportError.FLOW_CONTROL_ERROR
     pair.run_until(lambda: pair.client.state >= State.DRAINING)
     assert pair.client.close_info.remote
+
+
+def test_frames_for_a_closed_stream_are_ignored() -> None:
+    pair = Pair()
+    pair.handshake()
+    transfer(pair, 5000)
+    sid = 0
+    pair.server.send_stream(sid, b"done", True, False)
+    pair.run_until(lambda: pair.server.streams.get(sid) is None)
+    assert pair.server.streams.get(sid) is None and pair.server.streams.was_closed(sid)
+    from quic.frame import MaxStreamData, ResetStream, StopSending, Stream
+
+    for frame in (
+        Stream(sid, 0, b"late", True),
+        ResetStream(sid, 1, 5000),
+        StopSending(sid, 1),
+        MaxStreamData(sid, 1 << 20),
+    ):
+        assert Connection._handlers[type(frame)](pair.server, frame, APP, pair.now)
+    assert pair.server.state == State.ESTABLISHED

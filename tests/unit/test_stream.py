@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -28,7 +29,7 @@ def chunked(draw):
     data = draw(st.binary(min_size=0, max_size=3000))
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=20)))
     bounds = [0, *cuts, len(data)]
-    pieces = [(a, data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [(a, data[a:b]) for a, b in itertools.pairwise(bounds)]
     extra = draw(st.lists(st.tuples(st.integers(0, len(data)), st.integers(0, 200)), max_size=5))
     pieces += [(a, data[a : a + n]) for a, n in extra]
     order = draw(st.permutations(pieces))
@@ -114,7 +115,11 @@ def test_flow_control_violation() -> None:
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [((0, 100, True), (0, 120, False)), ((0, 100, True), (0, 90, True)), ((0, 100, False), (0, 50, True))],
+    [
+        ((0, 100, True), (0, 120, False)),
+        ((0, 100, True), (0, 90, True)),
+        ((0, 100, False), (0, 50, True)),
+    ],
 )
 def test_final_size_errors(first, second) -> None:
     recv = RecvStream(max_stream_data=10_000)

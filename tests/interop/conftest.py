@@ -1,0 +1,129 @@
+"""Interop fixtures: processes bounded in time, a PKI, and a lossy UDP relay."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.certs import make_pki
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCESS_TIMEOUT = 120
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+class Server:
+    """A server process that prints ``ready PORT`` once it listens; killed on exit."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("ready "):
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def start_server():
+    servers: list[Server] = []
+
+    def start(argv: list[str]) -> Server:
+        server = Server(argv)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=PROCESS_TIMEOUT
+    )
+
+
+class LossyRelay:
+    """A UDP relay on loopback that drops and reorders datagrams in both directions.
+
+    The client talks to the relay's port; the relay forwards to ``target``. Each
+    direction drops with probability ``loss`` and holds back a datagram now and then to
+    deliver it after the next one (reordering). Bounded: it stops with the test.
+    """
+
+    def __init__(
+        self, target: tuple[str, int], loss: float = 0.05, reorder: float = 0.05, seed: int = 1
+    ) -> None:
+        self.target = target
+        self.loss = loss
+        self.reorder = reorder
+        self.rng = random.Random(seed)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        self.port = self.front.getsockname()[1]
+        self.client: tuple | None = None
+        self.held: dict[int, tuple[bytes, tuple] | None] = {0: None, 1: None}
+        self.dropped = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _forward(self, direction: int, sock: socket.socket, data: bytes, addr: tuple) -> None:
+        if self.rng.random() < self.loss:
+            self.dropped += 1
+            return
+        held = self.held[direction]
+        if held is None and self.rng.random() < self.reorder:
+            self.held[direction] = (data, addr)
+            return
+        sock.sendto(data, addr)
+        if held is not None:
+            self.held[direction] = None
+            sock.sendto(*held)
+
+    def _run(self) -> None:
+        while not self._stop:
+            ready, _, _ = select.select([self.front, self.back], [], [], 0.1)
+            for sock in ready:
+                data, addr = sock.recvfrom(65536)
+                if sock is self.front:
+                    self.client = addr
+                    self._forward(0, self.back, data, self.target)
+                elif self.client is not None:
+                    self._forward(1, self.front, data, self.client)
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.front.close()
+        self.back.close()

@@ -1,0 +1,195 @@
+"""kquic against aioquic, an implementation nobody here wrote: hq-interop file transfers
+in both roles, directly and through a lossy, reordering relay."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.interop.conftest import LossyRelay, python, run
+
+FILES = {"small.txt": 1000, "medium.bin": 300_000, "large.bin": 10 << 20}
+
+
+@pytest.fixture(scope="module")
+def www(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("www")
+    for name, size in FILES.items():
+        (root / name).write_bytes(os.urandom(size))
+    return root
+
+
+def kquic_server(pki, www: Path) -> list[str]:
+    return python(
+        "-m",
+        "kquic_tools.interop",
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        str(www),
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(pki.server_key),
+    )
+
+
+def aioquic_server(pki, www: Path) -> list[str]:
+    return python(
+        "-m",
+        "tests.interop.aioquic_peer",
+        "server",
+        "--port",
+        "0",
+        "--root",
+        str(www),
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(pki.server_key),
+    )
+
+
+def check_files(www: Path, out: Path, names) -> None:
+    for name in names:
+        assert (out / name).read_bytes() == (www / name).read_bytes(), name
+
+
+def urls(port: int, names) -> list[str]:
+    return [f"https://127.0.0.1:{port}/{name}" for name in names]
+
+
+def test_aioquic_client_against_kquic_server(pki, www, tmp_path, start_server) -> None:
+    server = start_server(kquic_server(pki, www))
+    result = run(
+        python(
+            "-m",
+            "tests.interop.aioquic_peer",
+            "client",
+            *urls(server.port, FILES),
+            "--output",
+            str(tmp_path),
+            "--ca",
+            str(pki.ca),
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_files(www, tmp_path, FILES)
+
+
+def test_kquic_client_against_aioquic_server(pki, www, tmp_path, start_server) -> None:
+    server = start_server(aioquic_server(pki, www))
+    result = run(
+        python(
+            "-m",
+            "kquic_tools.interop",
+            "client",
+            *urls(server.port, FILES),
+            "--output",
+            str(tmp_path),
+            "--ca",
+            str(pki.ca),
+            "--server-name",
+            "server.test",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_files(www, tmp_path, FILES)
+
+
+@pytest.mark.parametrize("cipher", ["aes256gcm", "chacha20"])
+def test_kquic_client_cipher_against_aioquic(pki, www, tmp_path, start_server, cipher) -> None:
+    server = start_server(aioquic_server(pki, www))
+    result = run(
+        python(
+            "-m",
+            "kquic_tools.interop",
+            "client",
+            *urls(server.port, ["medium.bin"]),
+            "--output",
+            str(tmp_path),
+            "--insecure",
+            "--cipher",
+            cipher,
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_files(www, tmp_path, ["medium.bin"])
+
+
+def test_lossy_relay_both_implementations(pki, www, tmp_path, start_server) -> None:
+    names = ["small.txt", "medium.bin", "large.bin"]
+    for role, server_argv in (
+        ("kquic-server", kquic_server(pki, www)),
+        ("aioquic-server", aioquic_server(pki, www)),
+    ):
+        server = start_server(server_argv)
+        relay = LossyRelay(("127.0.0.1", server.port), loss=0.05, reorder=0.05, seed=3)
+        out = tmp_path / role
+        try:
+            if role == "kquic-server":
+                argv = python(
+                    "-m",
+                    "tests.interop.aioquic_peer",
+                    "client",
+                    *urls(relay.port, names),
+                    "--output",
+                    str(out),
+                    "--ca",
+                    str(pki.ca),
+                )
+            else:
+                argv = python(
+                    "-m",
+                    "kquic_tools.interop",
+                    "client",
+                    *urls(relay.port, names),
+                    "--output",
+                    str(out),
+                    "--ca",
+                    str(pki.ca),
+                    "--server-name",
+                    "server.test",
+                )
+            result = run(argv)
+        finally:
+            relay.close()
+        assert result.returncode == 0, (role, result.stderr[-3000:])
+        assert relay.dropped > 0
+        check_files(www, out, names)
+
+
+def test_unsupported_flags_say_so(tmp_path) -> None:
+    result = run(
+        python(
+            "-m",
+            "kquic_tools.interop",
+            "client",
+            "https://127.0.0.1:1/x",
+            "--output",
+            str(tmp_path),
+            "--key-update",
+        )
+    )
+    assert result.returncode == 127 and "not supported yet" in result.stderr
+
+
+def test_user_mistakes_get_a_message_not_a_traceback(tmp_path) -> None:
+    result = run(
+        python(
+            "-m",
+            "kquic_tools.interop",
+            "server",
+            "--root",
+            str(tmp_path),
+            "--cert",
+            "/nonexistent.pem",
+            "--key",
+            "/nonexistent.key",
+        )
+    )
+    assert result.returncode == 2 and "no such file" in result.stderr
+    assert "Traceback" not in result.stderr
