@@ -1,0 +1,183 @@
+"""kquic-perf: bulk transfer measurement over one or more streams.
+
+    kquic-perf server --listen HOST:PORT --cert FILE --key FILE
+    kquic-perf client HOST:PORT (--send SIZE | --recv SIZE) [--streams N] [--insecure | --ca FILE]
+
+Protocol (ALPN "perf"): on each stream the client sends 8 bytes, the big-endian size it
+wants back (0 for an upload), then its upload, then FIN; the server answers with that
+many bytes and FIN. The client prints one JSON line: bytes, seconds, MB/s, handshake ms,
+CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
+from kquic_tools.interop import family_of, split_hostport
+from quic import uapi
+from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
+
+ALPN = "perf"
+CHUNK = 1 << 16
+BLOCK = bytes(CHUNK)
+SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size(value: str) -> int:
+    value = value.strip().lower()
+    scale = SUFFIXES.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in SUFFIXES else value
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r}") from None
+
+
+def send_zeros(sock: QuicSocket, sid: int, total: int) -> None:
+    sent = 0
+    while sent < total:
+        n = min(CHUNK, total - sent)
+        last = sent + n == total
+        quic_sendmsg(sock, BLOCK[:n], sid, uapi.MSG_QUIC_STREAM_FIN if last else 0)
+        sent += n
+    if total == 0:
+        quic_sendmsg(sock, b"", sid, uapi.MSG_QUIC_STREAM_FIN)
+
+
+def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
+    try:
+        quic_server_handshake(conn, args.key, args.cert, ALPN, timeout=30)
+        heads: dict[int, bytearray] = {}
+        while True:
+            data, sid, flags = quic_recvmsg(conn, CHUNK)
+            head = heads.setdefault(sid, bytearray())
+            if len(head) < 8:
+                head += data[: 8 - len(head)]
+            if flags & uapi.MSG_QUIC_STREAM_FIN:
+                want = int.from_bytes(heads.pop(sid)[:8], "big")
+                threading.Thread(target=send_zeros, args=(conn, sid, want), daemon=True).start()
+    except (OSError, HandshakeError):
+        pass
+    finally:
+        conn.close()
+
+
+def run_server(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    srv = QuicSocket(family_of(host))
+    srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, ALPN.encode())
+    srv.bind((host, port))
+    srv.listen()
+    print(f"ready {srv.getsockname()[1]}", flush=True)
+    try:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=serve_connection, args=(conn, args), daemon=True).start()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        srv.close()
+
+
+def one_stream(sock: QuicSocket, sid: int, upload: int, download: int) -> None:
+    quic_sendmsg(sock, download.to_bytes(8, "big"), sid, 0)
+    send_zeros(sock, sid, upload)
+
+
+def run_client(args: argparse.Namespace) -> int:
+    host, port = args.server
+    sock = QuicSocket(family_of(host))
+    sock.settimeout(60)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    try:
+        sock.connect((host, port))
+        quic_client_handshake(
+            sock,
+            None,
+            args.server_name or host,
+            ALPN,
+            ca_file=args.ca,
+            insecure=args.insecure,
+            timeout=30,
+        )
+        handshake = time.monotonic() - t0
+        start = time.monotonic()
+        per_up, per_down = args.send // args.streams, args.recv // args.streams
+        sids = []
+        for _ in range(args.streams):
+            info = sock.getsockopt(
+                uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+            )
+            sids.append(uapi.QuicStreamInfo.unpack(info).stream_id)
+        writers = [
+            threading.Thread(target=one_stream, args=(sock, sid, per_up, per_down), daemon=True)
+            for sid in sids
+        ]
+        for writer in writers:
+            writer.start()
+        received, open_streams = 0, set(sids)
+        while open_streams:
+            data, sid, flags = quic_recvmsg(sock, CHUNK)
+            received += len(data)
+            if flags & uapi.MSG_QUIC_STREAM_FIN:
+                open_streams.discard(sid)
+        for writer in writers:
+            writer.join(60)
+        seconds = time.monotonic() - start
+    except (OSError, HandshakeError) as exc:
+        print(f"kquic-perf: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
+    moved = per_up * args.streams + received
+    print(
+        json.dumps(
+            {
+                "impl": "kquic",
+                "bytes": moved,
+                "seconds": round(seconds, 4),
+                "MBps": round(moved / seconds / 1e6, 2),
+                "handshake_ms": round(handshake * 1000, 2),
+                "cpu_seconds": round(time.process_time() - cpu0, 3),
+                "streams": args.streams,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kquic-perf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="role", required=True)
+    server = sub.add_parser("server")
+    server.add_argument("--listen", type=split_hostport, default=("0.0.0.0", 443))
+    server.add_argument("--cert", required=True)
+    server.add_argument("--key", required=True)
+    client = sub.add_parser("client")
+    client.add_argument("server", type=split_hostport)
+    direction = client.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--send", type=size, default=0)
+    direction.add_argument("--recv", type=size, default=0)
+    client.add_argument("--streams", type=int, default=1)
+    trust = client.add_mutually_exclusive_group()
+    trust.add_argument("--insecure", action="store_true")
+    trust.add_argument("--ca")
+    client.add_argument("--server-name")
+    args = parser.parse_args(argv)
+    if args.role == "client" and args.streams < 1:
+        parser.error("--streams must be at least 1")
+    try:
+        return run_server(args) if args.role == "server" else run_client(args)
+    except OSError as exc:
+        print(f"kquic-perf: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
