@@ -10,6 +10,7 @@ consumer's socket, so the same code runs in an application and in ``kquic-tlshd`
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -249,8 +250,8 @@ class _Driver:
         if self.is_server:
             session.request_client_certificate(p.cert_request)
         else:
-            if p.server_name:
-                session.set_server_name(p.server_name)
+            if p.server_name and not _is_ip(p.server_name):
+                session.set_server_name(p.server_name)  # SNI never carries an address
             if not p.insecure and psk_keys is None:
                 session.verify_peer(p.server_name)
 
@@ -332,6 +333,14 @@ class _Driver:
             session_data=self.ticket,
             secrets_installed=list(self.installed),
         )
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _subject(der: bytes) -> str:

@@ -1152,6 +1152,17 @@ class Connection:
         stream = self.streams.get(sid)
         return 0 if stream is None or stream.send is None else stream.send.room()
 
+    def unacked_stream_data(self) -> bool:
+        """Whether any stream still has data or a FIN the peer has not acknowledged."""
+        for stream in self.streams.streams.values():
+            send = stream.send
+            if send is not None and send.state in (
+                uapi.QUIC_STREAM_SEND_STATE_SEND,
+                uapi.QUIC_STREAM_SEND_STATE_SENT,
+            ):
+                return True
+        return False
+
     def stream_blocked(self, sid: int) -> bool:
         """True when the peer's flow control, not our buffer, holds the stream back."""
         stream = self.streams.get(sid)

@@ -35,8 +35,8 @@ from .tunnel import Tunnel, get_tunnel, put_tunnel
 SOCK_CLOSED, SOCK_LISTENING, SOCK_ESTABLISHING, SOCK_ESTABLISHED = range(4)
 CID_LENGTH = 8
 DEFAULT_BACKLOG = 128
-# Per-stream send buffer: a writer blocks beyond it until the peer acknowledges.
-STREAM_SNDBUF = 1 << 20
+# Longest a blocking close() waits for sent stream data to be acknowledged.
+LINGER = 10.0
 
 AncData = list[tuple[int, int, bytes]]
 
@@ -829,9 +829,20 @@ class QuicSocket:
 
     def shutdown(self, how: int = _socket.SHUT_RDWR) -> None:
         """Close the connection (CONNECTION_CLOSE with the configured code) but keep the
-        socket object usable for reading the close information."""
+        socket object usable for reading the close information. A blocking socket first
+        lingers, up to its timeout (at most LINGER seconds), until the peer has
+        acknowledged the stream data already sent, so a send followed by close loses
+        nothing."""
         with self._lock:
             conn = self.conn
+            if conn is not None and conn.state < State.CLOSING and self._timeout != 0.0:
+                linger = LINGER if self._timeout is None else min(self._timeout, LINGER)
+                deadline = time.monotonic() + linger
+                while conn.state < State.CLOSING and conn.unacked_stream_data():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
             if conn is not None and conn.state < State.CLOSING:
                 rec = self.close_record
                 conn.close(rec.errcode, rec.phrase.rstrip(b"\0"), None, now=time.monotonic())

@@ -71,25 +71,34 @@ def read_stream(sock: QuicSocket) -> tuple[int, bytes]:
     return next(read_streams(sock, 1))
 
 
-def echo_digest(srv: QuicSocket, pki, streams: int):
+def echo_digest(srv: QuicSocket, pki, streams: int, download: bytes = b""):
+    """Answer each stream with the SHA-256 of what arrived, then ``download``."""
     child = accept(srv, pki)
+    child.settimeout(60)  # large transfers outlast the handshake timeout
     try:
         for sid, data in read_streams(child, streams):
-            quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
+            quic_sendmsg(
+                child, hashlib.sha256(data).digest() + download, sid, uapi.MSG_QUIC_STREAM_FIN
+            )
         return child.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN)
     finally:
         child.close()
 
 
-@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
-def test_large_stream_both_directions_hash_checked(pki, server_thread, family) -> None:
+@pytest.mark.parametrize(
+    ("family", "size"), [(socket.AF_INET, 64 << 20), (socket.AF_INET6, 4 << 20)]
+)
+def test_large_stream_both_directions_hash_checked(pki, server_thread, family, size) -> None:
     srv = listener(family=family)
-    server = server_thread(lambda: echo_digest(srv, pki, 1))
+    download = os.urandom(size)
+    server = server_thread(lambda: echo_digest(srv, pki, 1, download))
     cli = connect(srv.getsockname()[1], pki, family)
-    payload = os.urandom(8 << 20)
+    cli.settimeout(60)
+    payload = os.urandom(size)
     quic_sendmsg(cli, payload, -1, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
-    _, digest = read_stream(cli)
-    assert digest == hashlib.sha256(payload).digest()
+    _, reply = read_stream(cli)
+    assert reply[:32] == hashlib.sha256(payload).digest()
+    assert hashlib.sha256(reply[32:]).digest() == hashlib.sha256(download).digest()
     assert server.join() == b"smb"
     cli.close()
     srv.close()
@@ -241,3 +250,63 @@ def test_kernel_consumer_api(pki, server_thread) -> None:
     server.join()
     sock_release(csock)
     sock_release(lsock)
+
+
+def test_garbage_to_the_port_hurts_no_one(pki, server_thread) -> None:
+    """Random datagrams, truncated Initials and unknown versions at a busy listener: the
+    tunnel drops them (or answers Version Negotiation) and the connection carries on."""
+    srv = listener()
+    port = srv.getsockname()[1]
+    server = server_thread(lambda: echo_digest(srv, pki, 3))
+    cli = connect(port, pki)
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    junk.settimeout(2)
+    unknown_version = (
+        bytes([0xC0]) + (0x1A2A3A4A).to_bytes(4, "big") + b"\x08" + os.urandom(8) + b"\x00"
+    )
+    for datagram in (
+        b"",
+        b"\x00",
+        os.urandom(40),
+        os.urandom(1300),
+        b"\xc3" + bytes(1250),
+        unknown_version + bytes(1200),
+    ):
+        junk.sendto(datagram, ("127.0.0.1", port))
+    versions = junk.recv(2048)  # the unknown version is answered with Version Negotiation
+    assert versions[1:5] == bytes(4) and (1).to_bytes(4, "big") in versions
+    junk.close()
+    payloads = {}
+    for _ in range(3):
+        data = os.urandom(50_000)
+        info = cli.getsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+        )
+        sid = uapi.QuicStreamInfo.unpack(info).stream_id
+        payloads[sid] = data
+        quic_sendmsg(cli, data, sid, uapi.MSG_QUIC_STREAM_FIN)
+    for sid, digest in read_streams(cli, 3):
+        assert digest == hashlib.sha256(payloads[sid]).digest()
+    server.join()
+    cli.close()
+    srv.close()
+
+
+def test_idle_timeout_ends_a_silent_connection(pki, server_thread) -> None:
+    srv = listener()
+    params = uapi.QuicTransportParam(max_idle_timeout=1_000_000).pack()
+    srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
+
+    def serve():
+        child = accept(srv, pki)
+        with pytest.raises(TimeoutError):
+            quic_recvmsg(child, 100)  # the peer stays silent: idle timeout, not a hang
+        child.close()
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    server.join(TIMEOUT + 5)
+    with pytest.raises((TimeoutError, OSError)):
+        quic_recvmsg(cli, 100)
+    cli.close()
+    srv.close()

@@ -287,3 +287,9 @@ def test_handshake_secret_protects_a_packet_the_peer_opens(pki) -> None:
     )
     packet = sealer.protect(header, payload, 0)
     assert opener.unprotect(packet, len(header) - 2, -1) == (header, 0, payload)
+
+
+@pytest.mark.parametrize(("name", "ok"), [("127.0.0.1", True), ("::1", True), ("192.0.2.7", False)])
+def test_ip_address_verification(pki, name: str, ok: bool) -> None:
+    *_, cres, _ = run_pair(cert_client(pki, server_name=name), cert_server(pki))
+    assert isinstance(cres, HandshakeError) != ok
