@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cryptography import x509
+
 from quic import uapi
 
 from . import gnutls
@@ -344,8 +346,6 @@ def _is_ip(name: str) -> bool:
 
 
 def _subject(der: bytes) -> str:
-    from cryptography import x509
-
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
     except ValueError:
