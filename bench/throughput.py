@@ -20,58 +20,14 @@ sys.path.insert(0, str(ROOT))
 
 from kquic_tools.perf import size  # noqa: E402
 from tests.certs import make_pki  # noqa: E402
-from tests.interop.conftest import Server, python, run  # noqa: E402
+from tests.interop.conftest import Server, perf_commands, run  # noqa: E402
 
 
 def measure(impl: str, pki, direction: str, nbytes: int) -> dict:
-    if impl == "kquic":
-        server = Server(
-            python(
-                "-m",
-                "kquic_tools.perf",
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--cert",
-                str(pki.server_cert),
-                "--key",
-                str(pki.server_key),
-            )
-        )
-        argv = python(
-            "-m",
-            "kquic_tools.perf",
-            "client",
-            f"127.0.0.1:{server.port}",
-            f"--{direction}",
-            str(nbytes),
-            "--insecure",
-        )
-    else:
-        server = Server(
-            python(
-                "-m",
-                "tests.interop.aioquic_peer",
-                "perf-server",
-                "--port",
-                "0",
-                "--cert",
-                str(pki.server_cert),
-                "--key",
-                str(pki.server_key),
-            )
-        )
-        argv = python(
-            "-m",
-            "tests.interop.aioquic_peer",
-            "perf-client",
-            "--port",
-            str(server.port),
-            f"--{direction}",
-            str(nbytes),
-        )
+    server_argv, client_argv = perf_commands(impl, pki, direction, nbytes)
+    server = Server(server_argv)
     try:
-        result = run(argv)
+        result = run(client_argv(server.port))
     finally:
         server.stop()
     if result.returncode != 0:

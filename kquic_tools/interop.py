@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
+from kquic_tools.common import family_of, serve_forever, split_hostport
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
@@ -31,17 +31,6 @@ NOT_YET = ("retry", "resume", "zero_rtt", "key_update", "migrate")
 EXIT_UNSUPPORTED = 127
 CHUNK = 1 << 16
 log = logging.getLogger("kquic.interop")
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def family_of(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # server
@@ -82,21 +71,8 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    host, port = args.listen
     args.root = Path(args.root).resolve()
-    srv = QuicSocket(family_of(host))
-    srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, ALPN.encode())
-    srv.bind((host, port))
-    srv.listen()
-    print(f"ready {srv.getsockname()[1]}", flush=True)
-    try:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=serve_connection, args=(conn, args), daemon=True).start()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        srv.close()
+    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args))
 
 
 # client

@@ -18,7 +18,7 @@ import threading
 import time
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
-from kquic_tools.interop import family_of, split_hostport
+from kquic_tools.common import family_of, serve_forever, split_hostport
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
@@ -68,20 +68,7 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    host, port = args.listen
-    srv = QuicSocket(family_of(host))
-    srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, ALPN.encode())
-    srv.bind((host, port))
-    srv.listen()
-    print(f"ready {srv.getsockname()[1]}", flush=True)
-    try:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=serve_connection, args=(conn, args), daemon=True).start()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        srv.close()
+    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args))
 
 
 def one_stream(sock: QuicSocket, sid: int, upload: int, download: int) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,33 @@ class LossyRelay:
         self.thread.join(2)
         self.front.close()
         self.back.close()
+
+
+def perf_commands(impl: str, pki, direction: str, nbytes: int) -> tuple[list[str], Callable]:
+    """The perf server command of ``impl`` ("kquic" or "aioquic"), and a function giving
+    the matching client command for the server's port."""
+    cert = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    if impl == "kquic":
+        server = python("-m", "kquic_tools.perf", "server", "--listen", "127.0.0.1:0", *cert)
+        return server, lambda port: python(
+            "-m",
+            "kquic_tools.perf",
+            "client",
+            f"127.0.0.1:{port}",
+            f"--{direction}",
+            str(nbytes),
+            "--ca",
+            str(pki.ca),
+            "--server-name",
+            "server.test",
+        )
+    server = python("-m", "tests.interop.aioquic_peer", "perf-server", "--port", "0", *cert)
+    return server, lambda port: python(
+        "-m",
+        "tests.interop.aioquic_peer",
+        "perf-client",
+        "--port",
+        str(port),
+        f"--{direction}",
+        str(nbytes),
+    )

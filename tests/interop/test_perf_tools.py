@@ -7,70 +7,25 @@ import json
 
 import pytest
 
-from tests.interop.conftest import python, run
+from tests.interop.conftest import perf_commands, run
+
+
+def report(result) -> dict:
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(("direction", "streams"), [("send", 1), ("recv", 1), ("recv", 4)])
 def test_kquic_perf_moves_the_bytes(pki, start_server, direction, streams) -> None:
-    server = start_server(
-        python(
-            "-m",
-            "kquic_tools.perf",
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            str(pki.server_cert),
-            "--key",
-            str(pki.server_key),
-        )
-    )
-    result = run(
-        python(
-            "-m",
-            "kquic_tools.perf",
-            "client",
-            f"127.0.0.1:{server.port}",
-            f"--{direction}",
-            "2M",
-            "--streams",
-            str(streams),
-            "--ca",
-            str(pki.ca),
-            "--server-name",
-            "server.test",
-        )
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["bytes"] == 2 << 20
-    assert {"seconds", "MBps", "handshake_ms", "cpu_seconds"} <= set(report)
+    server_argv, client_argv = perf_commands("kquic", pki, direction, 2 << 20)
+    server = start_server(server_argv)
+    figures = report(run([*client_argv(server.port), "--streams", str(streams)]))
+    assert figures["bytes"] == 2 << 20
+    assert {"seconds", "MBps", "handshake_ms", "cpu_seconds"} <= set(figures)
 
 
-def test_aioquic_perf_peer_talks_to_kquic_perf_server(pki, start_server) -> None:
-    server = start_server(
-        python(
-            "-m",
-            "kquic_tools.perf",
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--cert",
-            str(pki.server_cert),
-            "--key",
-            str(pki.server_key),
-        )
-    )
-    result = run(
-        python(
-            "-m",
-            "tests.interop.aioquic_peer",
-            "perf-client",
-            "--port",
-            str(server.port),
-            "--recv",
-            str(1 << 20),
-        )
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["bytes"] == 1 << 20
+def test_aioquic_perf_client_against_kquic_perf_server(pki, start_server) -> None:
+    server_argv, _ = perf_commands("kquic", pki, "recv", 1 << 20)
+    server = start_server(server_argv)
+    _, client_argv = perf_commands("aioquic", pki, "recv", 1 << 20)
+    assert report(run(client_argv(server.port)))["bytes"] == 1 << 20

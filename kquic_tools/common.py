@@ -1,0 +1,41 @@
+"""What every kquic tool shares: address parsing and the listen/accept loop."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+from collections.abc import Callable
+
+from quic import uapi
+from quic.socket import QuicSocket
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def family_of(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def serve_forever(listen: tuple[str, int], alpn: str, handle: Callable[[QuicSocket], None]) -> int:
+    """Listen on ``listen`` for ``alpn``, print ``ready PORT`` (scripts and tests wait for
+    it), and run ``handle`` for each accepted connection in its own thread."""
+    host, port = listen
+    srv = QuicSocket(family_of(host))
+    srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn.encode())
+    srv.bind((host, port))
+    srv.listen()
+    print(f"ready {srv.getsockname()[1]}", flush=True)
+    try:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        srv.close()
