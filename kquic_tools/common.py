@@ -22,11 +22,18 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def serve_forever(listen: tuple[str, int], alpn: str, handle: Callable[[QuicSocket], None]) -> int:
+def serve_forever(
+    listen: tuple[str, int],
+    alpn: str,
+    handle: Callable[[QuicSocket], None],
+    qlog: str | None = None,
+) -> int:
     """Listen on ``listen`` for ``alpn``, print ``ready PORT`` (scripts and tests wait for
     it), and run ``handle`` for each accepted connection in its own thread."""
     host, port = listen
     srv = QuicSocket(family_of(host))
+    if qlog:
+        srv.qlog_dir = qlog
     srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn.encode())
     srv.bind((host, port))
     srv.listen()

@@ -72,7 +72,7 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 def run_server(args: argparse.Namespace) -> int:
     args.root = Path(args.root).resolve()
-    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args))
+    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog)
 
 
 # client
@@ -88,6 +88,8 @@ def run_client(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sock = QuicSocket(family_of(first.hostname))
     sock.settimeout(args.timeout)
+    if args.qlog:
+        sock.qlog_dir = args.qlog
     if args.version == 2:
         config = uapi.QuicConfig(version=uapi.QUIC_VERSION_V2)
         sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--resume", "--zero-rtt", "--key-update", "--migrate"):
         client.add_argument(flag, action="store_true")
     client.add_argument("--timeout", type=float, default=30.0)
+    for sub_parser in (server, client):
+        sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     wanted = [name for name in NOT_YET if getattr(args, name, False)]

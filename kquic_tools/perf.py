@@ -68,7 +68,7 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args))
+    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog)
 
 
 def one_stream(sock: QuicSocket, sid: int, upload: int, download: int) -> None:
@@ -80,6 +80,8 @@ def run_client(args: argparse.Namespace) -> int:
     host, port = args.server
     sock = QuicSocket(family_of(host))
     sock.settimeout(60)
+    if args.qlog:
+        sock.qlog_dir = args.qlog
     cpu0, t0 = time.process_time(), time.monotonic()
     try:
         sock.connect((host, port))
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     trust.add_argument("--insecure", action="store_true")
     trust.add_argument("--ca")
     client.add_argument("--server-name")
+    for sub_parser in (server, client):
+        sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
     args = parser.parse_args(argv)
     if args.role == "client" and args.streams < 1:
         parser.error("--streams must be at least 1")

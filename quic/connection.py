@@ -209,6 +209,8 @@ class Connection:
         self.last_close_sent = 0.0
         self.token = config.token
         self._packet_dcid = b""
+        # qlog hook, trace(name, data); None keeps the hot paths free of tracing work.
+        self.trace: Callable[[str, dict], None] | None = None
 
     # ------------------------------------------------------------------
     # handshake seam: what tlshd/libquic drive through the socket API
@@ -387,6 +389,8 @@ class Connection:
         self._packet_dcid = header.dcid
         frames = decode_frames(payload)
         check_frames_allowed(frames, ptype)
+        if self.trace is not None:
+            self.trace("transport:packet_received", _packet_event(ptype, pn, len(packet), frames))
         ack_eliciting = False
         handlers = self._handlers
         for frame in frames:
@@ -474,6 +478,8 @@ class Connection:
         for pkt in result.lost:
             for rec in pkt.frames:
                 self._record_lost(rec)
+        if self.trace is not None:
+            self._trace_recovery(result.lost)
         return False
 
     def _on_crypto(self, frame: Crypto, level: int, now: float) -> bool:
@@ -765,6 +771,8 @@ class Connection:
         for level, _, _, sent in built:
             self.spaces[LEVEL_SPACE[level]].take_pn()
             self.recovery.on_packet_sent(sent)
+            if self.trace is not None:
+                self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
             if sent.ack_eliciting:
                 self.idle_deadline = max(self.idle_deadline, now + self._idle_timeout())
             if level == HANDSHAKE and self.is_client:
@@ -1040,6 +1048,8 @@ class Connection:
             for pkt in action.lost:
                 for rec in pkt.frames:
                     self._record_lost(rec)
+            if self.trace is not None:
+                self._trace_recovery(action.lost)
             if action.probe_space is not None:
                 self._send_probe(action.probe_space, action.probe_count)
 
@@ -1117,8 +1127,33 @@ class Connection:
             uapi.QuicStreamUpdate(sid, state, errcode, final_size).pack(),
         )
 
+    def _trace_recovery(self, lost) -> None:
+        for pkt in lost:
+            self.trace("recovery:packet_lost", {"header": {"packet_number": pkt.packet_number}})
+        rtt = self.recovery.rtt
+        metrics = {
+            "congestion_window": self.recovery.cc.congestion_window,
+            "bytes_in_flight": self.recovery.bytes_in_flight,
+        }
+        if rtt.has_sample:
+            metrics.update(
+                smoothed_rtt=round(rtt.smoothed_rtt * 1000, 3),
+                latest_rtt=round(rtt.latest_rtt * 1000, 3),
+                min_rtt=round(rtt.min_rtt * 1000, 3),
+            )
+        self.trace("recovery:metrics_updated", metrics)
+
     def _notify_close(self) -> None:
         info = self.close_info
+        if self.trace is not None:
+            self.trace(
+                "connectivity:connection_closed",
+                {
+                    "error_code": info.error_code,
+                    "reason": info.reason.decode("utf-8", "replace"),
+                    "trigger": "remote" if info.remote else "local",
+                },
+            )
         record = uapi.QuicConnectionClose(info.error_code, info.frame_type or 0, info.reason[:64])
         self._notify(uapi.QUIC_EVENT_CONNECTION_CLOSE, record.pack())
 
@@ -1213,6 +1248,76 @@ class Connection:
         if len(data) + 8 > min(limit, self.max_datagram_size - 40):
             raise OverflowError("datagram too large for one packet")
         self.datagrams_out.append(bytes(data))
+
+
+_QLOG_PACKET_TYPE = {
+    PacketType.INITIAL: "initial",
+    PacketType.HANDSHAKE: "handshake",
+    PacketType.ZERO_RTT: "0RTT",
+    PacketType.ONE_RTT: "1RTT",
+}
+_QLOG_RECORD = {
+    REC_ACK: "ack",
+    REC_CRYPTO: "crypto",
+    REC_STREAM: "stream",
+    REC_HANDSHAKE_DONE: "handshake_done",
+    REC_MAX_DATA: "max_data",
+    REC_MAX_STREAM_DATA: "max_stream_data",
+    REC_MAX_STREAMS: "max_streams",
+    REC_DATAGRAM: "datagram",
+    REC_PING: "ping",
+}
+
+
+def _qlog_name(cls_name: str) -> str:
+    """``MaxStreamData`` -> ``max_stream_data``, the qlog frame_type spelling."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in cls_name).lstrip("_")
+
+
+def _packet_event(ptype: PacketType, pn: int, size: int, frames: list) -> dict:
+    summary = []
+    for frame in frames:
+        entry = {"frame_type": _qlog_name(type(frame).__name__)}
+        if isinstance(frame, Stream):
+            entry.update(
+                stream_id=frame.stream_id,
+                offset=frame.offset,
+                length=len(frame.data),
+                fin=frame.fin,
+            )
+        elif isinstance(frame, Ack):
+            entry["acked_ranges"] = [[low, high] for low, high in frame.ranges]
+        summary.append(entry)
+    return {
+        "header": {"packet_type": _QLOG_PACKET_TYPE[ptype], "packet_number": pn},
+        "raw": {"length": size},
+        "frames": summary,
+    }
+
+
+def _sent_event(ptype: PacketType, sent: SentPacket) -> dict:
+    frames = []
+    for rec in sent.frames:
+        if rec[0] == REC_CONTROL:
+            frames.append({"frame_type": _qlog_name(type(rec[1]).__name__)})
+        elif rec[0] == REC_STREAM:
+            _, stream, offset, length, fin = rec
+            frames.append(
+                {
+                    "frame_type": "stream",
+                    "stream_id": stream.stream_id,
+                    "offset": offset,
+                    "length": length,
+                    "fin": fin,
+                }
+            )
+        else:
+            frames.append({"frame_type": _QLOG_RECORD[rec[0]]})
+    return {
+        "header": {"packet_type": _QLOG_PACKET_TYPE[ptype], "packet_number": sent.packet_number},
+        "raw": {"length": sent.sent_bytes},
+        "frames": frames,
+    }
 
 
 class StreamClosedError(Exception):

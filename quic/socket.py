@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from . import uapi
 from .connection import Connection, ConnectionConfig, State, StreamClosedError
 from .errors import QuicError, TransportError
+from .qlog import QlogWriter
 from .stream import StreamLimitError, StreamStateError
 from .transport_params import default_local_parameters, params_from_uapi, params_to_uapi
 from .tunnel import Tunnel, get_tunnel, put_tunnel
@@ -87,6 +88,10 @@ class QuicSocket:
         os.set_blocking(self._ready_w, False)
         self._ready = False
         self._released = False
+        # qlog: a directory for one .sqlog per connection (QLOGDIR, as the interop
+        # runner sets it, unless the application sets this attribute).
+        self.qlog_dir: str | None = os.environ.get("QLOGDIR") or None
+        self._qlog = None
 
     # ------------------------------------------------------------------
     # plain socket housekeeping
@@ -198,7 +203,13 @@ class QuicSocket:
                 on_cid_add=self._route_add,
                 on_cid_remove=self._route_remove,
             )
+            self._start_qlog()
             self.state = SOCK_ESTABLISHING
+
+    def _start_qlog(self) -> None:
+        if self.qlog_dir and self.conn is not None:
+            self._qlog = QlogWriter(self.qlog_dir, self.conn.original_dcid, self.conn.is_client)
+            self.conn.trace = self._qlog
 
     def _connection_config(self, is_client: bool) -> ConnectionConfig:
         cfg = self.config
@@ -239,6 +250,7 @@ class QuicSocket:
             child.alpn = self.alpn
             child.event_mask = self.event_mask
             child.session_ticket = self.session_ticket
+            child.qlog_dir = self.qlog_dir
             child.conn = Connection(
                 child._connection_config(is_client=False),
                 dcid=header.scid,
@@ -249,6 +261,7 @@ class QuicSocket:
                 on_cid_add=child._route_add,
                 on_cid_remove=child._route_remove,
             )
+            child._start_qlog()
             tunnel.add_route(dcid, child)
             child._extra_routes.append(dcid)
             child.state = SOCK_ESTABLISHING
@@ -296,6 +309,8 @@ class QuicSocket:
         """The connection is over: stop routing its IDs; release the tunnel once closed."""
         if self.conn is not None:
             self.conn.source_cids.release_all()
+        if self._qlog is not None:
+            self._qlog.close()
         for cid in self._extra_routes:
             self.tunnel.remove_route(cid)
         self._extra_routes.clear()

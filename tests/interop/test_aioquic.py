@@ -193,3 +193,39 @@ def test_user_mistakes_get_a_message_not_a_traceback(tmp_path) -> None:
     )
     assert result.returncode == 2 and "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_qlog_files_are_valid_json_seq(pki, www, tmp_path, start_server) -> None:
+    import json
+
+    qlog = tmp_path / "qlog"
+    server = start_server([*kquic_server(pki, www), "--qlog", str(qlog / "server")])
+    result = run(
+        python(
+            "-m",
+            "kquic_tools.interop",
+            "client",
+            *urls(server.port, ["medium.bin"]),
+            "--output",
+            str(tmp_path / "out"),
+            "--ca",
+            str(pki.ca),
+            "--server-name",
+            "server.test",
+            "--qlog",
+            str(qlog / "client"),
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client_files = list((qlog / "client").glob("*_client.sqlog"))
+    assert len(client_files) == 1
+    records = [json.loads(r) for r in client_files[0].read_text().split("\x1e") if r.strip()]
+    assert records[0]["qlog_format"] == "JSON-SEQ"
+    names = {r["name"] for r in records[1:]}
+    assert {"transport:packet_sent", "transport:packet_received"} <= names
+    first_sent = next(r for r in records[1:] if r["name"] == "transport:packet_sent")
+    assert first_sent["data"]["header"]["packet_type"] == "initial"
+    assert any(
+        f["frame_type"] == "stream" for r in records[1:] for f in r["data"].get("frames", [])
+    )
+    assert list((qlog / "server").glob("*_server.sqlog"))
