@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import uapi
-from .cong import Pacer, make_congestion_control
+from .cong import make_congestion_control
 from .connid import DestinationConnectionIds, SourceConnectionIds
 from .crypto import CipherSuite, DecryptionError, PacketKeys, initial_secrets
 from .errors import QuicError, TransportError
@@ -178,8 +178,6 @@ class Connection:
         # RFC 9002 §6.2.2.1: only a client waits for the server to validate its address.
         self.recovery.peer_completed_address_validation = not self.is_client
         self.max_datagram_size = config.max_datagram_size
-        self.pacer = Pacer(config.max_datagram_size)
-        self.pacing_deadline: float | None = None
         self.local_params = config.local_params
         self.peer_params: TransportParameters | None = None
         self.streams = StreamManager(self.is_client, self.local_params)
@@ -474,7 +472,6 @@ class Connection:
         ack_delay = (frame.ack_delay << exponent) / 1e6 if level == APP else 0.0
         result = self.recovery.on_ack_received(space_id, frame.ranges, ack_delay, now, frame.ecn)
         space.on_acked(frame.largest)
-        self.pacer.update_rate(self.recovery.cc.congestion_window, self.recovery.rtt.smoothed_rtt)
         for pkt in result.acked:
             for rec in pkt.frames:
                 self._record_acked(rec)
@@ -737,11 +734,6 @@ class Connection:
         if budget < 64:
             return None
         cc_room = self.recovery.cc.available(now)
-        release = self.pacer.next_send_time(now)
-        if release > now:
-            # RFC 9002 §7.7: spread the window over the RTT; ACKs are not held back.
-            cc_room = 0
-            self.pacing_deadline = release
         if self.pending_ping:
             # RFC 9002 §7.5: probe packets are not blocked by the congestion window.
             cc_room = max(cc_room, budget)
@@ -779,8 +771,6 @@ class Connection:
         for level, _, _, sent in built:
             self.spaces[LEVEL_SPACE[level]].take_pn()
             self.recovery.on_packet_sent(sent)
-            if sent.ack_eliciting:
-                self.pacer.on_sent(sent.sent_bytes, now)
             if self.trace is not None:
                 self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
             if sent.ack_eliciting:
@@ -1027,8 +1017,6 @@ class Connection:
         if self.state >= State.CLOSING:
             return self.close_deadline
         deadlines = [self.idle_deadline]
-        if self.pacing_deadline is not None:
-            deadlines.append(self.pacing_deadline)
         loss = self.recovery.loss_detection_deadline()
         if loss is not None:
             deadlines.append(loss)
@@ -1049,8 +1037,6 @@ class Connection:
             if self.close_deadline is not None and now >= self.close_deadline:
                 self.state = State.CLOSED
             return
-        if self.pacing_deadline is not None and now >= self.pacing_deadline:
-            self.pacing_deadline = None  # the flush that follows sends what was held
         if now >= self.idle_deadline:
             self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
             self.state = State.CLOSED

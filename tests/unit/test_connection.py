@@ -311,19 +311,3 @@ def test_frames_for_a_closed_stream_are_ignored() -> None:
     ):
         assert Connection._handlers[type(frame)](pair.server, frame, APP, pair.now)
     assert pair.server.state == State.ESTABLISHED
-
-
-def test_pacing_spreads_a_window_over_the_rtt() -> None:
-    pair = Pair()
-    pair.handshake()
-    client = pair.client
-    client.pacer.update_rate(client.recovery.cc.congestion_window, 1.0)  # a slow path: 1 s RTT
-    sid = client.open_stream(uni=False)
-    client.send_stream(sid, bytes(200_000), True, True)
-    first = client.datagrams_to_send(pair.now)
-    assert first and client.pacing_deadline is not None and client.pacing_deadline > pair.now
-    assert client.datagrams_to_send(pair.now) == []  # held by the pacer, not by the window
-    assert client.next_deadline() <= client.pacing_deadline
-    later = client.pacing_deadline + 0.001
-    client.handle_timer(later)
-    assert client.datagrams_to_send(later)
