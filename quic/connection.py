@@ -45,6 +45,8 @@ from .frame import (
     StreamsBlocked,
     check_frames_allowed,
     decode_frames,
+    encode_ack,
+    encode_crypto_header,
     encode_frame,
     encode_stream_header,
 )
@@ -876,9 +878,7 @@ class Connection:
                 int((now - space.largest_received_time) * 1e6)
                 >> self.local_params.ack_delay_exponent
             )
-        buf = bytearray()
-        encode_frame(Ack(space.ranges[-1][1], max(delay, 0), space.ack_ranges(), None), buf)
-        return bytes(buf)
+        return encode_ack(space.ack_ranges(), max(delay, 0))
 
     def _fill_packet(self, level: int, room: int, parts: list, records: list, now: float) -> int:
         """Ack-eliciting frames for ``room`` bytes; returns the bytes used."""
@@ -907,11 +907,11 @@ class Connection:
             if chunk is None:
                 break
             offset, data = chunk
-            buf = bytearray()
-            encode_frame(Crypto(offset, bytes(data)), buf)
-            parts.append(bytes(buf))
+            header = encode_crypto_header(offset, len(data))
+            parts.append(header)
+            parts.append(data)
             records.append((REC_CRYPTO, level, offset, len(data)))
-            room -= len(buf)
+            room -= len(header) + len(data)
         return room
 
     def _fill_control(self, room: int, parts: list, records: list) -> int:

@@ -1,25 +1,42 @@
-"""QUIC frames (RFC 9000 §19, RFC 9221 DATAGRAM): one data class each, encode and decode.
+"""QUIC frames: every type of RFC 9000 §19 and the DATAGRAM frame of RFC 9221.
 
-Decoding reads through :class:`~quic.varint.Reader`, so every length is bounds-checked
-and every malformed frame raises :class:`~quic.errors.QuicError` with
-FRAME_ENCODING_ERROR (or PROTOCOL_VIOLATION where RFC 9000 says so) and the frame type.
-STREAM and DATAGRAM payloads come out as memoryviews into the packet: no copy on the
-hot path.
+Each frame class encodes itself with ``encode(buf)`` (a method call on a slotted class
+is cheaper than a type-keyed dispatch, see ``bench/micro_frame.py``). Decoding goes
+through :class:`~quic.varint.Reader`, so every length from the wire is bounds-checked
+and malformed input surfaces only as :class:`~quic.errors.QuicError`.
+
+The packetizer's hot path does not build frame objects for STREAM, CRYPTO and ACK: it
+writes :func:`encode_stream_header` / :func:`encode_crypto_header` followed by the data
+it already holds, and :func:`write_ack` from the packet-number space's ranges.
+
+Two choices the RFC leaves open: a STREAM or CRYPTO frame reaching past 2^62-1 is
+FRAME_ENCODING_ERROR (not FLOW_CONTROL_ERROR / CRYPTO_BUFFER_EXCEEDED), because the
+decoder has no flow-control context and the frame cannot be encoded in any stream;
+and RETIRE_CONNECTION_ID in a 0-RTT packet is refused, as the note under Table 3 of
+RFC 9000 §12.4 permits, since a client cannot yet know which CIDs the server issued.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 
 from .errors import QuicError, TransportError
+from .packet import PacketType
 from .varint import VARINT_MAX, Reader, encode_varint, varint_size
+
+FRAME_ENCODING_ERROR = TransportError.FRAME_ENCODING_ERROR
+PROTOCOL_VIOLATION = TransportError.PROTOCOL_VIOLATION
 
 STREAM_OFF_BIT = 0x04
 STREAM_LEN_BIT = 0x02
 STREAM_FIN_BIT = 0x01
-MAX_STREAMS_LIMIT = 1 << 60
+
+MAX_STREAMS_LIMIT = 1 << 60  # RFC 9000 §19.11: a stream ID must stay below 2^62
 MAX_CID_LENGTH = 20
+STATELESS_RESET_TOKEN_SIZE = 16
+PATH_DATA_SIZE = 8
 
 
 class FrameType(IntEnum):
@@ -31,7 +48,14 @@ class FrameType(IntEnum):
     STOP_SENDING = 0x05
     CRYPTO = 0x06
     NEW_TOKEN = 0x07
-    STREAM = 0x08  # 0x08..0x0f with the OFF, LEN and FIN bits
+    STREAM = 0x08
+    STREAM_FIN = 0x09
+    STREAM_LEN = 0x0A
+    STREAM_LEN_FIN = 0x0B
+    STREAM_OFF = 0x0C
+    STREAM_OFF_FIN = 0x0D
+    STREAM_OFF_LEN = 0x0E
+    STREAM_OFF_LEN_FIN = 0x0F
     MAX_DATA = 0x10
     MAX_STREAM_DATA = 0x11
     MAX_STREAMS_BIDI = 0x12
@@ -51,22 +75,116 @@ class FrameType(IntEnum):
     DATAGRAM_LEN = 0x31
 
 
+# ---------------------------------------------------------------------------
+# Hot-path encoders used by the packetizer without building frame objects.
+
+
+def encode_stream_header(
+    stream_id: int, offset: int, length: int, fin: bool, with_length: bool = True
+) -> bytes:
+    """Everything of a STREAM frame before its data. The Offset field is left out at
+    offset 0, and the Length field may be, when the frame ends the packet."""
+    ftype = 0x08
+    out = encode_varint(stream_id)
+    if offset:
+        ftype |= STREAM_OFF_BIT
+        out += encode_varint(offset)
+    if with_length:
+        ftype |= STREAM_LEN_BIT
+        out += encode_varint(length)
+    if fin:
+        ftype |= STREAM_FIN_BIT
+    return bytes((ftype,)) + out
+
+
+def stream_header_size(stream_id: int, offset: int, length: int, with_length: bool = True) -> int:
+    """``len(encode_stream_header(...))`` without building it, to size a frame to a packet."""
+    size = 1 + varint_size(stream_id)
+    if offset:
+        size += varint_size(offset)
+    if with_length:
+        size += varint_size(length)
+    return size
+
+
+def encode_crypto_header(offset: int, length: int) -> bytes:
+    """Everything of a CRYPTO frame before its data."""
+    return b"\x06" + encode_varint(offset) + encode_varint(length)
+
+
+def encode_ack(
+    ranges: list[tuple[int, int]], ack_delay: int, ecn: tuple[int, int, int] | None = None
+) -> bytes:
+    """An ACK (or ACK_ECN) frame from inclusive ``(low, high)`` ranges, highest first.
+
+    ``ack_delay`` is already scaled down by the ack_delay_exponent.
+    """
+    buf = bytearray()
+    write_ack(buf, ranges, ack_delay, ecn)
+    return bytes(buf)
+
+
+def write_ack(
+    buf: bytearray,
+    ranges: list[tuple[int, int]],
+    ack_delay: int,
+    ecn: tuple[int, int, int] | None = None,
+) -> None:
+    """:func:`encode_ack` appending to ``buf``. Gaps and range lengths are nearly always
+    below 64, so they are appended as single bytes without building varints."""
+    low, largest = ranges[0]
+    buf.append(0x03 if ecn else 0x02)
+    buf += encode_varint(largest)
+    buf += encode_varint(ack_delay)
+    buf += encode_varint(len(ranges) - 1)
+    buf += encode_varint(largest - low)
+    append = buf.append
+    for next_low, high in ranges[1:]:
+        gap = low - high - 2
+        length = high - next_low
+        if gap < 0x40 and length < 0x40:
+            append(gap)
+            append(length)
+        else:
+            buf += encode_varint(gap)
+            buf += encode_varint(length)
+        low = next_low
+    if ecn:
+        buf += encode_varint(ecn[0])
+        buf += encode_varint(ecn[1])
+        buf += encode_varint(ecn[2])
+
+
+# ---------------------------------------------------------------------------
+# Frame classes.
+
+
 @dataclass(slots=True)
 class Padding:
     length: int = 1
 
+    def encode(self, buf: bytearray) -> None:
+        buf += bytes(self.length)
+
 
 @dataclass(slots=True)
 class Ping:
-    pass
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x01)
 
 
 @dataclass(slots=True)
 class Ack:
+    """``largest`` equals ``ranges[0][1]``; ``ack_delay`` is the raw wire value, before
+    scaling by the peer's ack_delay_exponent; ``ecn`` is (ECT0, ECT1, ECN-CE)."""
+
     largest: int
-    ack_delay: int  # as on the wire, before scaling by ack_delay_exponent
-    ranges: list[tuple[int, int]]  # inclusive (low, high), highest first
-    ecn: tuple[int, int, int] | None = None  # ECT(0), ECT(1), CE
+    ack_delay: int
+    ranges: list[tuple[int, int]]
+    ecn: tuple[int, int, int] | None = None
+
+    def encode(self, buf: bytearray) -> None:
+        write_ack(buf, self.ranges, self.ack_delay, self.ecn)
 
 
 @dataclass(slots=True)
@@ -75,11 +193,22 @@ class ResetStream:
     error_code: int
     final_size: int
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x04)
+        buf += encode_varint(self.stream_id)
+        buf += encode_varint(self.error_code)
+        buf += encode_varint(self.final_size)
+
 
 @dataclass(slots=True)
 class StopSending:
     stream_id: int
     error_code: int
+
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x05)
+        buf += encode_varint(self.stream_id)
+        buf += encode_varint(self.error_code)
 
 
 @dataclass(slots=True)
@@ -87,31 +216,45 @@ class Crypto:
     offset: int
     data: bytes
 
+    def encode(self, buf: bytearray) -> None:
+        data = self.data
+        buf += encode_crypto_header(self.offset, len(data))
+        buf += data
+
 
 @dataclass(slots=True)
 class NewToken:
     token: bytes
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x07)
+        buf += encode_varint(len(self.token))
+        buf += self.token
+
 
 @dataclass(slots=True)
 class Stream:
+    """On decode ``data`` is a memoryview into the packet payload: no copy is made
+    until the receive buffer decides what it keeps."""
+
     stream_id: int
     offset: int
     data: bytes | memoryview
     fin: bool = False
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Stream)
-            and (self.stream_id, self.offset, self.fin)
-            == (other.stream_id, other.offset, other.fin)
-            and bytes(self.data) == bytes(other.data)
-        )
+    def encode(self, buf: bytearray) -> None:
+        data = self.data
+        buf += encode_stream_header(self.stream_id, self.offset, len(data), self.fin)
+        buf += data
 
 
 @dataclass(slots=True)
 class MaxData:
     maximum: int
+
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x10)
+        buf += encode_varint(self.maximum)
 
 
 @dataclass(slots=True)
@@ -119,16 +262,29 @@ class MaxStreamData:
     stream_id: int
     maximum: int
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x11)
+        buf += encode_varint(self.stream_id)
+        buf += encode_varint(self.maximum)
+
 
 @dataclass(slots=True)
 class MaxStreams:
     bidi: bool
     maximum: int
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x12 if self.bidi else 0x13)
+        buf += encode_varint(self.maximum)
+
 
 @dataclass(slots=True)
 class DataBlocked:
     limit: int
+
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x14)
+        buf += encode_varint(self.limit)
 
 
 @dataclass(slots=True)
@@ -136,11 +292,20 @@ class StreamDataBlocked:
     stream_id: int
     limit: int
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x15)
+        buf += encode_varint(self.stream_id)
+        buf += encode_varint(self.limit)
+
 
 @dataclass(slots=True)
 class StreamsBlocked:
     bidi: bool
     limit: int
+
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x16 if self.bidi else 0x17)
+        buf += encode_varint(self.limit)
 
 
 @dataclass(slots=True)
@@ -150,45 +315,83 @@ class NewConnectionId:
     cid: bytes
     stateless_reset_token: bytes
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x18)
+        buf += encode_varint(self.sequence)
+        buf += encode_varint(self.retire_prior_to)
+        buf.append(len(self.cid))
+        buf += self.cid
+        buf += self.stateless_reset_token
+
 
 @dataclass(slots=True)
 class RetireConnectionId:
     sequence: int
+
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x19)
+        buf += encode_varint(self.sequence)
 
 
 @dataclass(slots=True)
 class PathChallenge:
     data: bytes
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x1A)
+        buf += self.data
+
 
 @dataclass(slots=True)
 class PathResponse:
     data: bytes
 
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x1B)
+        buf += self.data
+
 
 @dataclass(slots=True)
 class ConnectionClose:
+    """``frame_type`` is None for the application variant (0x1d), which carries none."""
+
     error_code: int
-    frame_type: int | None  # None: the application variant 0x1d
+    frame_type: int | None = None
     reason: bytes = b""
+
+    def encode(self, buf: bytearray) -> None:
+        if self.frame_type is None:
+            buf.append(0x1D)
+            buf += encode_varint(self.error_code)
+        else:
+            buf.append(0x1C)
+            buf += encode_varint(self.error_code)
+            buf += encode_varint(self.frame_type)
+        buf += encode_varint(len(self.reason))
+        buf += self.reason
 
 
 @dataclass(slots=True)
 class HandshakeDone:
-    pass
+    def encode(self, buf: bytearray) -> None:
+        buf.append(0x1E)
 
 
 @dataclass(slots=True)
 class Datagram:
-    data: bytes | memoryview
+    """Without a length the frame runs to the end of the packet, saving a byte or two
+    for the last frame."""
+
+    data: bytes
     with_length: bool = True
 
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Datagram)
-            and self.with_length == other.with_length
-            and bytes(self.data) == bytes(other.data)
-        )
+    def encode(self, buf: bytearray) -> None:
+        if self.with_length:
+            buf.append(0x31)
+            buf += encode_varint(len(self.data))
+        else:
+            buf.append(0x30)
+        buf += self.data
 
 
 Frame = (
@@ -215,175 +418,115 @@ Frame = (
     | Datagram
 )
 
-# ---------------------------------------------------------------------------
-# encoding
-
-
-def encode_stream_header(stream_id: int, offset: int, length: int, fin: bool) -> bytes:
-    """The STREAM frame header (always with a Length; Offset only when not zero)."""
-    ftype = FrameType.STREAM | STREAM_LEN_BIT | (STREAM_FIN_BIT if fin else 0)
-    if offset:
-        ftype |= STREAM_OFF_BIT
-        return (
-            bytes((ftype,))
-            + encode_varint(stream_id)
-            + encode_varint(offset)
-            + encode_varint(length)
-        )
-    return bytes((ftype,)) + encode_varint(stream_id) + encode_varint(length)
-
-
-def stream_header_size(stream_id: int, offset: int, length: int) -> int:
-    return 1 + varint_size(stream_id) + (varint_size(offset) if offset else 0) + varint_size(length)
-
-
-def _encode_ack(frame: Ack, buf: bytearray) -> None:
-    ranges = frame.ranges
-    buf.append(FrameType.ACK_ECN if frame.ecn else FrameType.ACK)
-    low, high = ranges[0]
-    buf += encode_varint(high)
-    buf += encode_varint(frame.ack_delay)
-    buf += encode_varint(len(ranges) - 1)
-    buf += encode_varint(high - low)
-    previous_low = low
-    for low, high in ranges[1:]:
-        buf += encode_varint(previous_low - high - 2)
-        buf += encode_varint(high - low)
-        previous_low = low
-    if frame.ecn:
-        for count in frame.ecn:
-            buf += encode_varint(count)
-
-
-def _encode_connection_close(frame: ConnectionClose, buf: bytearray) -> None:
-    if frame.frame_type is None:
-        buf.append(FrameType.CONNECTION_CLOSE_APP)
-        buf += encode_varint(frame.error_code)
-    else:
-        buf.append(FrameType.CONNECTION_CLOSE)
-        buf += encode_varint(frame.error_code)
-        buf += encode_varint(frame.frame_type)
-    buf += encode_varint(len(frame.reason))
-    buf += frame.reason
-
 
 def encode_frame(frame: Frame, buf: bytearray) -> None:
-    """Append ``frame`` to ``buf``."""
-    kind = type(frame)
-    if kind is Stream:
-        data = frame.data
-        buf += encode_stream_header(frame.stream_id, frame.offset, len(data), frame.fin)
-        buf += data
-    elif kind is Ack:
-        _encode_ack(frame, buf)
-    elif kind is Padding:
-        buf += bytes(frame.length)
-    elif kind is Ping:
-        buf.append(FrameType.PING)
-    elif kind is Crypto:
-        buf.append(FrameType.CRYPTO)
-        buf += encode_varint(frame.offset)
-        buf += encode_varint(len(frame.data))
-        buf += frame.data
-    elif kind is ConnectionClose:
-        _encode_connection_close(frame, buf)
-    elif kind is Datagram:
-        if frame.with_length:
-            buf.append(FrameType.DATAGRAM_LEN)
-            buf += encode_varint(len(frame.data))
-        else:
-            buf.append(FrameType.DATAGRAM)
-        buf += frame.data
-    elif kind is NewConnectionId:
-        buf.append(FrameType.NEW_CONNECTION_ID)
-        buf += encode_varint(frame.sequence)
-        buf += encode_varint(frame.retire_prior_to)
-        buf.append(len(frame.cid))
-        buf += frame.cid
-        buf += frame.stateless_reset_token
-    elif kind is NewToken:
-        buf.append(FrameType.NEW_TOKEN)
-        buf += encode_varint(len(frame.token))
-        buf += frame.token
-    elif kind in (PathChallenge, PathResponse):
-        buf.append(FrameType.PATH_CHALLENGE if kind is PathChallenge else FrameType.PATH_RESPONSE)
-        buf += frame.data
-    elif kind is HandshakeDone:
-        buf.append(FrameType.HANDSHAKE_DONE)
-    else:
-        ftype, fields = _simple_fields(frame)
-        buf += encode_varint(ftype)
-        for value in fields:
-            buf += encode_varint(value)
+    """Append ``frame``'s wire encoding to ``buf``."""
+    frame.encode(buf)
 
 
-def _simple_fields(frame: Frame) -> tuple[int, tuple[int, ...]]:
-    """Frames made only of varints: their type and field values."""
-    kind = type(frame)
-    if kind is ResetStream:
-        return FrameType.RESET_STREAM, (frame.stream_id, frame.error_code, frame.final_size)
-    if kind is StopSending:
-        return FrameType.STOP_SENDING, (frame.stream_id, frame.error_code)
-    if kind is MaxData:
-        return FrameType.MAX_DATA, (frame.maximum,)
-    if kind is MaxStreamData:
-        return FrameType.MAX_STREAM_DATA, (frame.stream_id, frame.maximum)
-    if kind is MaxStreams:
-        ftype = FrameType.MAX_STREAMS_BIDI if frame.bidi else FrameType.MAX_STREAMS_UNI
-        return ftype, (frame.maximum,)
-    if kind is DataBlocked:
-        return FrameType.DATA_BLOCKED, (frame.limit,)
-    if kind is StreamDataBlocked:
-        return FrameType.STREAM_DATA_BLOCKED, (frame.stream_id, frame.limit)
-    if kind is StreamsBlocked:
-        ftype = FrameType.STREAMS_BLOCKED_BIDI if frame.bidi else FrameType.STREAMS_BLOCKED_UNI
-        return ftype, (frame.limit,)
-    if kind is RetireConnectionId:
-        return FrameType.RETIRE_CONNECTION_ID, (frame.sequence,)
-    raise TypeError(f"not a frame: {frame!r}")
+def frame_size(frame: Frame) -> int:
+    """Bytes ``frame`` takes on the wire. Exact by construction; meant for control
+    frames (STREAM and CRYPTO are sized with the header helpers instead)."""
+    buf = bytearray()
+    frame.encode(buf)
+    return len(buf)
+
+
+def frame_type_of(frame: Frame) -> int:
+    """The wire type ``frame`` encodes as (the base type 0x08 for any STREAM frame)."""
+    cls = type(frame)
+    if cls is Ack:
+        return FrameType.ACK_ECN if frame.ecn is not None else FrameType.ACK
+    if cls is ConnectionClose:
+        return FrameType.CONNECTION_CLOSE_APP if frame.frame_type is None else 0x1C
+    if cls is MaxStreams:
+        return FrameType.MAX_STREAMS_BIDI if frame.bidi else FrameType.MAX_STREAMS_UNI
+    if cls is StreamsBlocked:
+        return FrameType.STREAMS_BLOCKED_BIDI if frame.bidi else FrameType.STREAMS_BLOCKED_UNI
+    if cls is Datagram:
+        return FrameType.DATAGRAM_LEN if frame.with_length else FrameType.DATAGRAM
+    return _CLASS_TYPE[cls]
+
+
+_CLASS_TYPE: dict[type, int] = {
+    Padding: FrameType.PADDING,
+    Ping: FrameType.PING,
+    ResetStream: FrameType.RESET_STREAM,
+    StopSending: FrameType.STOP_SENDING,
+    Crypto: FrameType.CRYPTO,
+    NewToken: FrameType.NEW_TOKEN,
+    Stream: FrameType.STREAM,
+    MaxData: FrameType.MAX_DATA,
+    MaxStreamData: FrameType.MAX_STREAM_DATA,
+    DataBlocked: FrameType.DATA_BLOCKED,
+    StreamDataBlocked: FrameType.STREAM_DATA_BLOCKED,
+    NewConnectionId: FrameType.NEW_CONNECTION_ID,
+    RetireConnectionId: FrameType.RETIRE_CONNECTION_ID,
+    PathChallenge: FrameType.PATH_CHALLENGE,
+    PathResponse: FrameType.PATH_RESPONSE,
+    HandshakeDone: FrameType.HANDSHAKE_DONE,
+}
 
 
 # ---------------------------------------------------------------------------
-# decoding
+# Decoding. Each decoder is entered with the reader just past the type byte.
+
+
+def _decode_ping(r: Reader, ftype: int) -> Ping:
+    return Ping()
 
 
 def _decode_ack(r: Reader, ftype: int) -> Ack:
-    largest = r.varint()
-    delay = r.varint()
-    count = r.varint()
-    first = r.varint()
+    varint = r.varint
+    largest = varint()
+    ack_delay = varint()
+    count = varint()
+    first = varint()
     if first > largest:
-        raise r.fail("first ACK range below zero")
-    if count > r.remaining() // 2:
-        raise r.fail("ACK range count exceeds the frame")
+        raise r.fail("first ACK range below packet number 0")
+    # Each further range takes at least two bytes: a larger count cannot be genuine,
+    # and bounding it here keeps a forged count from driving a long loop.
+    if count > (r.end - r.pos) // 2:
+        raise r.fail(f"ACK range count {count} exceeds the frame")
     low = largest - first
     ranges = [(low, largest)]
+    append = ranges.append
+    data = r.data
+    end = r.end
     for _ in range(count):
-        gap = r.varint()
-        length = r.varint()
+        # Fast path for the usual one-byte gap and range length.
+        pos = r.pos
+        if pos + 2 <= end and data[pos] < 0x40 and data[pos + 1] < 0x40:
+            gap = data[pos]
+            length = data[pos + 1]
+            r.pos = pos + 2
+        else:
+            gap = varint()
+            length = varint()
         high = low - gap - 2
-        if high < 0 or length > high:
-            raise r.fail("ACK range below zero")
+        if high < 0:
+            raise r.fail("ACK gap below packet number 0")
         low = high - length
-        ranges.append((low, high))
-    ecn = (r.varint(), r.varint(), r.varint()) if ftype == FrameType.ACK_ECN else None
-    return Ack(largest, delay, ranges, ecn)
+        if low < 0:
+            raise r.fail("ACK range below packet number 0")
+        append((low, high))
+    ecn = (varint(), varint(), varint()) if ftype == 0x03 else None
+    return Ack(largest, ack_delay, ranges, ecn)
 
 
-def _decode_stream(r: Reader, ftype: int) -> Stream:
-    stream_id = r.varint()
-    offset = r.varint() if ftype & STREAM_OFF_BIT else 0
-    length = r.varint() if ftype & STREAM_LEN_BIT else r.remaining()
-    if offset + length > VARINT_MAX:
-        raise r.fail("stream data beyond 2^62-1")
-    return Stream(stream_id, offset, r.view(length), bool(ftype & STREAM_FIN_BIT))
+def _decode_reset_stream(r: Reader, ftype: int) -> ResetStream:
+    return ResetStream(r.varint(), r.varint(), r.varint())
+
+
+def _decode_stop_sending(r: Reader, ftype: int) -> StopSending:
+    return StopSending(r.varint(), r.varint())
 
 
 def _decode_crypto(r: Reader, ftype: int) -> Crypto:
     offset = r.varint()
     length = r.varint()
     if offset + length > VARINT_MAX:
-        raise r.fail("crypto data beyond 2^62-1")
+        raise r.fail("CRYPTO data beyond offset 2^62-1")
     return Crypto(offset, r.bytes(length))
 
 
@@ -394,125 +537,159 @@ def _decode_new_token(r: Reader, ftype: int) -> NewToken:
     return NewToken(token)
 
 
-def _decode_max_streams(r: Reader, ftype: int) -> MaxStreams | StreamsBlocked:
+def _decode_stream(r: Reader, ftype: int) -> Stream:
+    stream_id = r.varint()
+    offset = r.varint() if ftype & STREAM_OFF_BIT else 0
+    length = r.varint() if ftype & STREAM_LEN_BIT else r.end - r.pos
+    if offset + length > VARINT_MAX:
+        raise r.fail("STREAM data beyond offset 2^62-1")
+    return Stream(stream_id, offset, r.view(length), bool(ftype & STREAM_FIN_BIT))
+
+
+def _decode_max_data(r: Reader, ftype: int) -> MaxData:
+    return MaxData(r.varint())
+
+
+def _decode_max_stream_data(r: Reader, ftype: int) -> MaxStreamData:
+    return MaxStreamData(r.varint(), r.varint())
+
+
+def _stream_count(r: Reader) -> int:
     value = r.varint()
     if value > MAX_STREAMS_LIMIT:
-        raise r.fail("stream count above 2^60")
-    bidi = ftype in (FrameType.MAX_STREAMS_BIDI, FrameType.STREAMS_BLOCKED_BIDI)
-    if ftype in (FrameType.MAX_STREAMS_BIDI, FrameType.MAX_STREAMS_UNI):
-        return MaxStreams(bidi, value)
-    return StreamsBlocked(bidi, value)
+        raise r.fail(f"stream count {value} above 2^60")
+    return value
+
+
+def _decode_max_streams(r: Reader, ftype: int) -> MaxStreams:
+    return MaxStreams(ftype == 0x12, _stream_count(r))
+
+
+def _decode_data_blocked(r: Reader, ftype: int) -> DataBlocked:
+    return DataBlocked(r.varint())
+
+
+def _decode_stream_data_blocked(r: Reader, ftype: int) -> StreamDataBlocked:
+    return StreamDataBlocked(r.varint(), r.varint())
+
+
+def _decode_streams_blocked(r: Reader, ftype: int) -> StreamsBlocked:
+    return StreamsBlocked(ftype == 0x16, _stream_count(r))
 
 
 def _decode_new_connection_id(r: Reader, ftype: int) -> NewConnectionId:
     sequence = r.varint()
     retire_prior_to = r.varint()
     if retire_prior_to > sequence:
-        raise r.fail("retire_prior_to above sequence number")
+        raise r.fail("Retire Prior To above Sequence Number")
     length = r.uint8()
     if not 1 <= length <= MAX_CID_LENGTH:
         raise r.fail(f"connection ID length {length}")
     cid = r.bytes(length)
-    return NewConnectionId(sequence, retire_prior_to, cid, r.bytes(16))
+    return NewConnectionId(sequence, retire_prior_to, cid, r.bytes(STATELESS_RESET_TOKEN_SIZE))
 
 
-def _decode_close(r: Reader, ftype: int) -> ConnectionClose:
-    code = r.varint()
-    frame_type = r.varint() if ftype == FrameType.CONNECTION_CLOSE else None
-    return ConnectionClose(code, frame_type, r.varint_bytes())
+def _decode_retire_connection_id(r: Reader, ftype: int) -> RetireConnectionId:
+    return RetireConnectionId(r.varint())
+
+
+def _decode_path_challenge(r: Reader, ftype: int) -> PathChallenge:
+    return PathChallenge(r.bytes(PATH_DATA_SIZE))
+
+
+def _decode_path_response(r: Reader, ftype: int) -> PathResponse:
+    return PathResponse(r.bytes(PATH_DATA_SIZE))
+
+
+def _decode_connection_close(r: Reader, ftype: int) -> ConnectionClose:
+    error_code = r.varint()
+    frame_type = r.varint() if ftype == 0x1C else None
+    return ConnectionClose(error_code, frame_type, r.varint_bytes())
+
+
+def _decode_handshake_done(r: Reader, ftype: int) -> HandshakeDone:
+    return HandshakeDone()
 
 
 def _decode_datagram(r: Reader, ftype: int) -> Datagram:
-    if ftype == FrameType.DATAGRAM_LEN:
-        return Datagram(r.view(r.varint()), True)
-    return Datagram(r.view(r.remaining()), False)
+    if ftype == 0x31:
+        return Datagram(r.varint_bytes(), True)
+    return Datagram(r.rest(), False)
 
 
-_DECODERS = {
-    FrameType.PING: lambda r, t: Ping(),
-    FrameType.ACK: _decode_ack,
-    FrameType.ACK_ECN: _decode_ack,
-    FrameType.RESET_STREAM: lambda r, t: ResetStream(r.varint(), r.varint(), r.varint()),
-    FrameType.STOP_SENDING: lambda r, t: StopSending(r.varint(), r.varint()),
-    FrameType.CRYPTO: _decode_crypto,
-    FrameType.NEW_TOKEN: _decode_new_token,
-    FrameType.MAX_DATA: lambda r, t: MaxData(r.varint()),
-    FrameType.MAX_STREAM_DATA: lambda r, t: MaxStreamData(r.varint(), r.varint()),
-    FrameType.MAX_STREAMS_BIDI: _decode_max_streams,
-    FrameType.MAX_STREAMS_UNI: _decode_max_streams,
-    FrameType.DATA_BLOCKED: lambda r, t: DataBlocked(r.varint()),
-    FrameType.STREAM_DATA_BLOCKED: lambda r, t: StreamDataBlocked(r.varint(), r.varint()),
-    FrameType.STREAMS_BLOCKED_BIDI: _decode_max_streams,
-    FrameType.STREAMS_BLOCKED_UNI: _decode_max_streams,
-    FrameType.NEW_CONNECTION_ID: _decode_new_connection_id,
-    FrameType.RETIRE_CONNECTION_ID: lambda r, t: RetireConnectionId(r.varint()),
-    FrameType.PATH_CHALLENGE: lambda r, t: PathChallenge(r.bytes(8)),
-    FrameType.PATH_RESPONSE: lambda r, t: PathResponse(r.bytes(8)),
-    FrameType.CONNECTION_CLOSE: _decode_close,
-    FrameType.CONNECTION_CLOSE_APP: _decode_close,
-    FrameType.HANDSHAKE_DONE: lambda r, t: HandshakeDone(),
-    FrameType.DATAGRAM: _decode_datagram,
-    FrameType.DATAGRAM_LEN: _decode_datagram,
-}
-for _t in range(FrameType.STREAM, FrameType.STREAM + 8):
-    _DECODERS[_t] = _decode_stream
+_DECODERS: list = [None] * 0x32
+for _types, _decoder in (
+    ((0x01,), _decode_ping),
+    ((0x02, 0x03), _decode_ack),
+    ((0x04,), _decode_reset_stream),
+    ((0x05,), _decode_stop_sending),
+    ((0x06,), _decode_crypto),
+    ((0x07,), _decode_new_token),
+    (range(0x08, 0x10), _decode_stream),
+    ((0x10,), _decode_max_data),
+    ((0x11,), _decode_max_stream_data),
+    ((0x12, 0x13), _decode_max_streams),
+    ((0x14,), _decode_data_blocked),
+    ((0x15,), _decode_stream_data_blocked),
+    ((0x16, 0x17), _decode_streams_blocked),
+    ((0x18,), _decode_new_connection_id),
+    ((0x19,), _decode_retire_connection_id),
+    ((0x1A,), _decode_path_challenge),
+    ((0x1B,), _decode_path_response),
+    ((0x1C, 0x1D), _decode_connection_close),
+    ((0x1E,), _decode_handshake_done),
+    ((0x30, 0x31), _decode_datagram),
+):
+    for _t in _types:
+        _DECODERS[_t] = _decoder
+del _types, _decoder, _t
+
+_NONZERO = re.compile(b"[^\x00]")
 
 
 def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
-    """Every frame of a packet payload, in order."""
-    if not payload:
-        raise QuicError(TransportError.PROTOCOL_VIOLATION, 0, "packet without frames")
-    data = payload if isinstance(payload, (bytes, bytearray)) else bytes(payload)
-    r = Reader(data)
+    """All frames of a decrypted packet payload, in order.
+
+    A run of PADDING becomes one ``Padding(length)``, found with a regex scan rather
+    than byte by byte since Initial packets carry hundreds of them.
+    """
+    end = len(payload)
+    if not end:
+        raise QuicError(PROTOCOL_VIOLATION, 0, "packet without frames")
+    r = Reader(payload)
     frames: list[Frame] = []
+    append = frames.append
     decoders = _DECODERS
-    end = r.end
+    search = _NONZERO.search
     while r.pos < end:
-        start = r.pos
-        first = data[start]
-        if first == 0:
-            stop = _skip_zeros(data, start, end)
-            frames.append(Padding(stop - start))
+        pos = r.pos
+        ftype = payload[pos]
+        if ftype == 0:
+            found = search(payload, pos, end)
+            stop = found.start() if found else end
+            append(Padding(stop - pos))
             r.pos = stop
             continue
-        r.frame_type = 0
-        ftype = r.varint()
-        if r.pos - start != varint_size(ftype):
-            raise QuicError(
-                TransportError.PROTOCOL_VIOLATION, ftype, "frame type not minimally encoded"
-            )
-        decoder = decoders.get(ftype)
+        if ftype < 0x40:
+            r.pos = pos + 1
+        else:
+            r.frame_type = 0
+            ftype = r.varint()
+            if r.pos - pos != varint_size(ftype):
+                raise QuicError(PROTOCOL_VIOLATION, ftype, "frame type not minimally encoded")
+        decoder = decoders[ftype] if ftype < 0x32 else None
         if decoder is None:
-            raise QuicError(
-                TransportError.FRAME_ENCODING_ERROR, ftype, f"unknown frame type 0x{ftype:x}"
-            )
+            raise QuicError(FRAME_ENCODING_ERROR, ftype, f"unknown frame type 0x{ftype:x}")
         r.frame_type = ftype
-        frames.append(decoder(r, ftype))
+        append(decoder(r, ftype))
     return frames
 
 
-def _skip_zeros(data: bytes | bytearray, start: int, end: int) -> int:
-    """First non-zero position at or after ``start`` (PADDING runs), without a byte loop."""
-    stripped = len(data[start:end].lstrip(b"\0"))
-    return end - stripped
-
-
 # ---------------------------------------------------------------------------
-# classification (RFC 9000 §12.4, §13.2.1, §9.1)
+# Frame properties (RFC 9000 §12.4, §13.2, §9.1).
 
-_NOT_ACK_ELICITING = {
-    FrameType.PADDING,
-    FrameType.ACK,
-    FrameType.ACK_ECN,
-    FrameType.CONNECTION_CLOSE,
-    FrameType.CONNECTION_CLOSE_APP,
-}
-_PROBING = {
-    FrameType.PATH_CHALLENGE,
-    FrameType.PATH_RESPONSE,
-    FrameType.NEW_CONNECTION_ID,
-    FrameType.PADDING,
-}
+_NOT_ACK_ELICITING = frozenset((0x00, 0x02, 0x03, 0x1C, 0x1D))
+_PROBING = frozenset((0x00, 0x18, 0x1A, 0x1B))
 
 
 def is_ack_eliciting(frame_type: int) -> bool:
@@ -520,29 +697,44 @@ def is_ack_eliciting(frame_type: int) -> bool:
 
 
 def is_probing(frame_type: int) -> bool:
+    """Probing frames may arrive on a new path without it counting as a migration."""
     return frame_type in _PROBING
 
 
-_HANDSHAKE_FRAMES = (Padding, Ping, Ack, Crypto)
-_ZERO_RTT_FORBIDDEN = (Ack, Crypto, NewToken, HandshakeDone, PathResponse, RetireConnectionId)
+_I = 1 << PacketType.INITIAL
+_Z = 1 << PacketType.ZERO_RTT
+_H = 1 << PacketType.HANDSHAKE
+_O = 1 << PacketType.ONE_RTT
+
+# RFC 9000 §12.4 Table 3 as bitmasks of packet types, indexed by frame type; RFC 9221
+# §4 allows DATAGRAM in 0-RTT and 1-RTT.
+_ALLOWED = [0] * 0x32
+for _types, _mask in (
+    ((0x00, 0x01, 0x1C), _I | _Z | _H | _O),
+    ((0x02, 0x03, 0x06), _I | _H | _O),
+    ((0x04, 0x05, *range(0x08, 0x19), 0x1A, 0x1D, 0x30, 0x31), _Z | _O),
+    ((0x07, 0x19, 0x1B, 0x1E), _O),
+):
+    for _t in _types:
+        _ALLOWED[_t] = _mask
+del _types, _mask, _t
 
 
-def check_frames_allowed(frames: list[Frame], packet_type) -> None:
-    """RFC 9000 §12.4 Table 3: which frames each packet type may carry. ``packet_type`` is
-    a :class:`quic.packet.PacketType`; a forbidden frame is PROTOCOL_VIOLATION."""
-    name = packet_type.name
-    if name == "ONE_RTT":
-        return
+def frame_allowed(frame_type: int, packet_type: PacketType) -> bool:
+    return 0 <= frame_type < 0x32 and bool(_ALLOWED[frame_type] & (1 << packet_type))
+
+
+def check_frames_allowed(frames: list[Frame], packet_type: PacketType) -> None:
+    """Raise PROTOCOL_VIOLATION for the first frame its packet type may not carry."""
+    if packet_type == PacketType.ONE_RTT:
+        return  # every frame we decode is allowed in 1-RTT
+    bit = 1 << packet_type
+    allowed = _ALLOWED
     for frame in frames:
-        if name in ("INITIAL", "HANDSHAKE"):
-            allowed = isinstance(frame, _HANDSHAKE_FRAMES) or (
-                isinstance(frame, ConnectionClose) and frame.frame_type is not None
-            )
-        else:
-            allowed = not isinstance(frame, _ZERO_RTT_FORBIDDEN)
-        if not allowed:
+        ftype = frame_type_of(frame)
+        if not allowed[ftype] & bit:
             raise QuicError(
-                TransportError.PROTOCOL_VIOLATION,
-                0,
-                f"{type(frame).__name__} not allowed in a {name} packet",
+                PROTOCOL_VIOLATION,
+                ftype,
+                f"{FrameType(ftype).name} not allowed in {PacketType(packet_type).name} packet",
             )
