@@ -1,26 +1,43 @@
-"""Transport parameters (RFC 9000 §18, §7.4; RFC 9221; RFC 9287; RFC 9368).
+"""QUIC transport parameters (RFC 9000 §7.4, §18) and their socket-API record.
 
-The TLS extension 0x39 carries them; the handshake layer moves the bytes
-(QUIC_SOCKOPT_TRANSPORT_PARAM_EXT) and this module encodes, decodes and validates them.
-It also converts to and from lxin/quic's ``struct quic_transport_param``, whose zero
-fields mean "unchanged" and whose timeouts are in microseconds.
+The TLS layer carries these bytes opaquely in the ``quic_transport_parameters``
+extension; this module is the one place that gives them meaning. The decoder is the
+gate for everything the peer declares about itself, so every rule §18.2 states as a
+``MUST`` is enforced here and reported as TRANSPORT_PARAMETER_ERROR, leaving the
+connection to check only what needs connection state (the CID cross-checks of §7.3).
+
+Extensions handled besides RFC 9000: max_datagram_frame_size (RFC 9221),
+grease_quic_bit (RFC 9287) and version_information (RFC 9368).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
-from . import uapi
 from .errors import QuicError, TransportError
-from .varint import Reader, encode_varint
+from .uapi import QuicTransportParam
+from .varint import VARINT_MAX, Reader, encode_varint
+
+_TP_ERROR = TransportError.TRANSPORT_PARAMETER_ERROR
 
 MAX_CID_LENGTH = 20
+STATELESS_RESET_TOKEN_LENGTH = 16
+MIN_MAX_UDP_PAYLOAD_SIZE = 1200
+MAX_ACK_DELAY_EXPONENT = 20
+MAX_MAX_ACK_DELAY = 1 << 14  # exclusive, in milliseconds
+MAX_STREAMS_LIMIT = 1 << 60
+MIN_ACTIVE_CONNECTION_ID_LIMIT = 2
 
 
 class TransportParameterId(IntEnum):
+    """Transport parameter codepoints (RFC 9000 §18.2, RFC 9221, RFC 9287, RFC 9368)."""
+
     ORIGINAL_DESTINATION_CONNECTION_ID = 0x00
     MAX_IDLE_TIMEOUT = 0x01
     STATELESS_RESET_TOKEN = 0x02
@@ -45,6 +62,8 @@ class TransportParameterId(IntEnum):
 
 @dataclass
 class PreferredAddress:
+    """The server's preferred_address (RFC 9000 §18.2); a family it lacks is ``None``."""
+
     ipv4: tuple[str, int] | None
     ipv6: tuple[str, int] | None
     connection_id: bytes
@@ -53,14 +72,19 @@ class PreferredAddress:
 
 @dataclass
 class VersionInformation:
+    """RFC 9368 §3: the version in use and those the sender would accept."""
+
     chosen_version: int
     available_versions: list[int] = field(default_factory=list)
 
 
 @dataclass
 class TransportParameters:
-    """Every parameter with the RFC's default; timeouts in milliseconds as on the wire.
-    For connection IDs, None means absent and b"" present but empty."""
+    """One endpoint's parameters; every default is the value an absent parameter means.
+
+    Times are in milliseconds, as on the wire. Connection IDs and the reset token are
+    ``None`` when absent, because an empty CID is a legitimate value distinct from none.
+    """
 
     original_destination_connection_id: bytes | None = None
     max_idle_timeout: int = 0
@@ -84,284 +108,332 @@ class TransportParameters:
     grease_quic_bit: bool = False
 
 
-P = TransportParameterId
-_INTEGERS = {
-    P.MAX_IDLE_TIMEOUT: "max_idle_timeout",
-    P.MAX_UDP_PAYLOAD_SIZE: "max_udp_payload_size",
-    P.INITIAL_MAX_DATA: "initial_max_data",
-    P.INITIAL_MAX_STREAM_DATA_BIDI_LOCAL: "initial_max_stream_data_bidi_local",
-    P.INITIAL_MAX_STREAM_DATA_BIDI_REMOTE: "initial_max_stream_data_bidi_remote",
-    P.INITIAL_MAX_STREAM_DATA_UNI: "initial_max_stream_data_uni",
-    P.INITIAL_MAX_STREAMS_BIDI: "initial_max_streams_bidi",
-    P.INITIAL_MAX_STREAMS_UNI: "initial_max_streams_uni",
-    P.ACK_DELAY_EXPONENT: "ack_delay_exponent",
-    P.MAX_ACK_DELAY: "max_ack_delay",
-    P.ACTIVE_CONNECTION_ID_LIMIT: "active_connection_id_limit",
-    P.MAX_DATAGRAM_FRAME_SIZE: "max_datagram_frame_size",
-}
-_CIDS = {
-    P.ORIGINAL_DESTINATION_CONNECTION_ID: "original_destination_connection_id",
-    P.INITIAL_SOURCE_CONNECTION_ID: "initial_source_connection_id",
-    P.RETRY_SOURCE_CONNECTION_ID: "retry_source_connection_id",
-}
-_FLAGS = {
-    P.DISABLE_ACTIVE_MIGRATION: "disable_active_migration",
-    P.GREASE_QUIC_BIT: "grease_quic_bit",
-}
-# RFC 9000 §18.2: only a server may send these.
-_SERVER_ONLY = {
-    P.ORIGINAL_DESTINATION_CONNECTION_ID,
-    P.PREFERRED_ADDRESS,
-    P.RETRY_SOURCE_CONNECTION_ID,
-    P.STATELESS_RESET_TOKEN,
-}
+_ID = TransportParameterId
+
+# Integer parameters: (id, field, smallest valid, largest valid). Bounds are §18.2's.
+_INTEGERS: tuple[tuple[int, str, int, int], ...] = (
+    (_ID.MAX_IDLE_TIMEOUT, "max_idle_timeout", 0, VARINT_MAX),
+    (_ID.MAX_UDP_PAYLOAD_SIZE, "max_udp_payload_size", MIN_MAX_UDP_PAYLOAD_SIZE, VARINT_MAX),
+    (_ID.INITIAL_MAX_DATA, "initial_max_data", 0, VARINT_MAX),
+    (_ID.INITIAL_MAX_STREAM_DATA_BIDI_LOCAL, "initial_max_stream_data_bidi_local", 0, VARINT_MAX),
+    (_ID.INITIAL_MAX_STREAM_DATA_BIDI_REMOTE, "initial_max_stream_data_bidi_remote", 0, VARINT_MAX),
+    (_ID.INITIAL_MAX_STREAM_DATA_UNI, "initial_max_stream_data_uni", 0, VARINT_MAX),
+    (_ID.INITIAL_MAX_STREAMS_BIDI, "initial_max_streams_bidi", 0, MAX_STREAMS_LIMIT),
+    (_ID.INITIAL_MAX_STREAMS_UNI, "initial_max_streams_uni", 0, MAX_STREAMS_LIMIT),
+    (_ID.ACK_DELAY_EXPONENT, "ack_delay_exponent", 0, MAX_ACK_DELAY_EXPONENT),
+    (_ID.MAX_ACK_DELAY, "max_ack_delay", 0, MAX_MAX_ACK_DELAY - 1),
+    (
+        _ID.ACTIVE_CONNECTION_ID_LIMIT,
+        "active_connection_id_limit",
+        MIN_ACTIVE_CONNECTION_ID_LIMIT,
+        VARINT_MAX,
+    ),
+    (_ID.MAX_DATAGRAM_FRAME_SIZE, "max_datagram_frame_size", 0, VARINT_MAX),
+)
+_CIDS: tuple[tuple[int, str], ...] = (
+    (_ID.ORIGINAL_DESTINATION_CONNECTION_ID, "original_destination_connection_id"),
+    (_ID.INITIAL_SOURCE_CONNECTION_ID, "initial_source_connection_id"),
+    (_ID.RETRY_SOURCE_CONNECTION_ID, "retry_source_connection_id"),
+)
+_FLAGS: tuple[tuple[int, str], ...] = (
+    (_ID.DISABLE_ACTIVE_MIGRATION, "disable_active_migration"),
+    (_ID.GREASE_QUIC_BIT, "grease_quic_bit"),
+)
+# §18.2: a client MUST NOT send these; only a server knows their values.
+_SERVER_ONLY = frozenset(
+    {
+        _ID.ORIGINAL_DESTINATION_CONNECTION_ID,
+        _ID.PREFERRED_ADDRESS,
+        _ID.RETRY_SOURCE_CONNECTION_ID,
+        _ID.STATELESS_RESET_TOKEN,
+    }
+)
 _DEFAULTS = TransportParameters()
 
+_Family = type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]
 
-def _encode_preferred_address(pa: PreferredAddress) -> bytes:
-    v4 = pa.ipv4 or ("0.0.0.0", 0)
-    v6 = pa.ipv6 or ("::", 0)
-    return (
-        ipaddress.IPv4Address(v4[0]).packed
-        + v4[1].to_bytes(2, "big")
-        + ipaddress.IPv6Address(v6[0]).packed
-        + v6[1].to_bytes(2, "big")
-        + bytes((len(pa.connection_id),))
-        + pa.connection_id
-        + pa.stateless_reset_token
-    )
-
-
-def _encode_value(pid: P, params: TransportParameters) -> bytes | None:
-    """The parameter's value bytes, or None when it keeps its default (not sent)."""
-    if pid in _INTEGERS:
-        value = getattr(params, _INTEGERS[pid])
-        if value is None or (value == getattr(_DEFAULTS, _INTEGERS[pid])):
-            return None
-        return encode_varint(value)
-    if pid in _CIDS:
-        return getattr(params, _CIDS[pid])
-    if pid in _FLAGS:
-        return b"" if getattr(params, _FLAGS[pid]) else None
-    if pid == P.STATELESS_RESET_TOKEN:
-        return params.stateless_reset_token
-    if pid == P.PREFERRED_ADDRESS:
-        pa = params.preferred_address
-        return None if pa is None else _encode_preferred_address(pa)
-    vi = params.version_information
-    if vi is None:
-        return None
-    return b"".join(v.to_bytes(4, "big") for v in (vi.chosen_version, *vi.available_versions))
-
-
-def encode_transport_parameters(params: TransportParameters, *, grease: bool = False) -> bytes:
-    """The extension body: non-default parameters in id order, plus optionally one reserved
-    parameter (31*N+27, RFC 9000 §18.1) so peers keep ignoring unknown ones."""
-    out = bytearray()
-    for pid in sorted(P):
-        value = _encode_value(pid, params)
-        if value is None:
-            continue
-        out += encode_varint(pid)
-        out += encode_varint(len(value))
-        out += value
-    if grease:
-        n = int.from_bytes(os.urandom(2), "big")
-        value = os.urandom(n % 8)
-        out += encode_varint(31 * n + 27) + encode_varint(len(value)) + value
-    return bytes(out)
+# Reserved ids are 31 * N + 27 (§18.1); a small N keeps them to one or two bytes.
+_GREASE_MAX_N = 1 << 9
+_GREASE_MAX_VALUE_LENGTH = 16
 
 
 def _fail(reason: str) -> QuicError:
-    return QuicError(TransportError.TRANSPORT_PARAMETER_ERROR, 0, reason)
+    return QuicError(_TP_ERROR, 0, reason)
 
 
-def _decode_integer(pid: P, value: bytes) -> int:
-    reader = Reader(value, error=TransportError.TRANSPORT_PARAMETER_ERROR)
-    number = reader.varint()
+# ---------------------------------------------------------------- value decoders
+
+
+def _integer_decoder(name: str, low: int, high: int) -> Callable[[memoryview], int]:
+    def decode(value: memoryview) -> int:
+        reader = Reader(value, error=_TP_ERROR)
+        number = reader.varint()
+        if not reader.eof():
+            raise _fail(f"{name}: {len(value)}-byte value is not a single varint")
+        if not low <= number <= high:
+            raise _fail(f"{name}: {number} is out of range")
+        return number
+
+    return decode
+
+
+def _cid_decoder(name: str) -> Callable[[memoryview], bytes]:
+    def decode(value: memoryview) -> bytes:
+        if len(value) > MAX_CID_LENGTH:
+            raise _fail(f"{name}: {len(value)}-byte connection ID")
+        return bytes(value)
+
+    return decode
+
+
+def _flag_decoder(name: str) -> Callable[[memoryview], bool]:
+    def decode(value: memoryview) -> bool:
+        if len(value):
+            raise _fail(f"{name}: a flag parameter must be empty")
+        return True
+
+    return decode
+
+
+def _decode_reset_token(value: memoryview) -> bytes:
+    if len(value) != STATELESS_RESET_TOKEN_LENGTH:
+        raise _fail(f"stateless_reset_token: {len(value)} bytes")
+    return bytes(value)
+
+
+def _address(raw: bytes, port: int, family: _Family) -> tuple[str, int] | None:
+    if port == 0 and not any(raw):
+        return None
+    return str(family(raw)), port
+
+
+def _decode_preferred_address(value: memoryview) -> PreferredAddress:
+    reader = Reader(value, error=_TP_ERROR)
+    ipv4 = _address(reader.bytes(4), reader.uint(2), ipaddress.IPv4Address)
+    ipv6 = _address(reader.bytes(16), reader.uint(2), ipaddress.IPv6Address)
+    cid_length = reader.uint8()
+    if not 0 < cid_length <= MAX_CID_LENGTH:
+        raise _fail(f"preferred_address: {cid_length}-byte connection ID")
+    cid = reader.bytes(cid_length)
+    token = reader.bytes(STATELESS_RESET_TOKEN_LENGTH)
     if not reader.eof():
-        raise _fail(f"{pid.name.lower()}: value longer than its integer")
-    return number
+        raise _fail("preferred_address: trailing bytes")
+    return PreferredAddress(ipv4, ipv6, cid, token)
 
 
-def _decode_preferred_address(value: bytes) -> PreferredAddress:
-    r = Reader(value, error=TransportError.TRANSPORT_PARAMETER_ERROR)
-    v4, v4port = ipaddress.IPv4Address(r.bytes(4)), r.uint(2)
-    v6, v6port = ipaddress.IPv6Address(r.bytes(16)), r.uint(2)
-    cid = r.bytes(r.uint8())
-    if not 1 <= len(cid) <= MAX_CID_LENGTH:
-        raise _fail("preferred_address with a bad connection ID length")
-    token = r.bytes(16)
-    if not r.eof():
-        raise _fail("preferred_address longer than its fields")
-    return PreferredAddress(
-        None if v4.packed == bytes(4) and not v4port else (str(v4), v4port),
-        None if v6.packed == bytes(16) and not v6port else (str(v6), v6port),
-        cid,
-        token,
-    )
+def _decode_version_information(value: memoryview) -> VersionInformation:
+    count, odd = divmod(len(value), 4)
+    if odd or not count:
+        raise _fail(f"version_information: {len(value)} bytes")
+    chosen, *available = struct.unpack(f">{count}I", value)
+    # RFC 9368 §3: a zero version anywhere is a parsing failure.
+    if chosen == 0 or 0 in available:
+        raise _fail("version_information: version 0")
+    return VersionInformation(chosen, available)
 
 
-def _decode_version_information(value: bytes) -> VersionInformation:
-    """RFC 9368 §3: chosen version then available versions, 4 bytes each. The decoder checks
-    the format; the connection checks the chosen version against the packet's and the
-    downgrade rules of §4."""
-    if not value or len(value) % 4:
-        raise _fail("version_information length not a positive multiple of 4")
-    versions = [int.from_bytes(value[i : i + 4], "big") for i in range(0, len(value), 4)]
-    if versions[0] == 0:
-        raise _fail("version_information with chosen version 0")
-    if 0 in versions[1:]:
-        raise _fail("version_information lists version 0")
-    return VersionInformation(versions[0], versions[1:])
-
-
-def _check_limits(params: TransportParameters) -> None:
-    if params.max_udp_payload_size < 1200:
-        raise _fail("max_udp_payload_size below 1200")
-    if params.ack_delay_exponent > 20:
-        raise _fail("ack_delay_exponent above 20")
-    if params.max_ack_delay >= 1 << 14:
-        raise _fail("max_ack_delay of 2^14 or more")
-    if params.active_connection_id_limit < 2:
-        raise _fail("active_connection_id_limit below 2")
-    if max(params.initial_max_streams_bidi, params.initial_max_streams_uni) > 1 << 60:
-        raise _fail("initial_max_streams above 2^60")
+_DECODERS: dict[int, tuple[str, Callable[[memoryview], object]]] = {
+    **{pid: (name, _integer_decoder(name, low, high)) for pid, name, low, high in _INTEGERS},
+    **{pid: (name, _cid_decoder(name)) for pid, name in _CIDS},
+    **{pid: (name, _flag_decoder(name)) for pid, name in _FLAGS},
+    _ID.STATELESS_RESET_TOKEN: ("stateless_reset_token", _decode_reset_token),
+    _ID.PREFERRED_ADDRESS: ("preferred_address", _decode_preferred_address),
+    _ID.VERSION_INFORMATION: ("version_information", _decode_version_information),
+}
 
 
 def decode_transport_parameters(
     data: bytes | bytearray | memoryview, *, from_server: bool
 ) -> TransportParameters:
-    """Parse and validate the peer's parameters; any fault is TRANSPORT_PARAMETER_ERROR."""
-    reader = Reader(data, error=TransportError.TRANSPORT_PARAMETER_ERROR)
-    params = TransportParameters()
+    """Parse the peer's parameters; any malformed input is TRANSPORT_PARAMETER_ERROR.
+
+    ``from_server`` says who sent them, since a client may not send the server-only
+    parameters (§18.2). Unknown ids, GREASE included, are skipped as §7.4.2 requires.
+    """
+    reader = Reader(data, error=_TP_ERROR)
     seen: set[int] = set()
+    values: dict[str, object] = {}
     while not reader.eof():
         pid = reader.varint()
-        value = reader.varint_bytes()
+        value = reader.view(reader.varint())
         if pid in seen:
-            raise _fail(f"duplicate transport parameter 0x{pid:x}")
+            raise _fail(f"parameter 0x{pid:x} sent twice")
         seen.add(pid)
-        try:
-            pid = P(pid)
-        except ValueError:
-            continue  # unknown or reserved: ignored (RFC 9000 §18.1)
-        if pid in _SERVER_ONLY and not from_server:
-            raise _fail(f"{pid.name.lower()} sent by a client")
-        if pid in _INTEGERS:
-            setattr(params, _INTEGERS[pid], _decode_integer(pid, value))
-        elif pid in _CIDS:
-            if len(value) > MAX_CID_LENGTH:
-                raise _fail(f"{pid.name.lower()} longer than 20 bytes")
-            setattr(params, _CIDS[pid], value)
-        elif pid in _FLAGS:
-            if value:
-                raise _fail(f"{pid.name.lower()} carries a value")
-            setattr(params, _FLAGS[pid], True)
-        elif pid == P.STATELESS_RESET_TOKEN:
-            if len(value) != 16:
-                raise _fail("stateless_reset_token not 16 bytes")
-            params.stateless_reset_token = value
-        elif pid == P.PREFERRED_ADDRESS:
-            params.preferred_address = _decode_preferred_address(value)
-        else:
-            params.version_information = _decode_version_information(value)
-    _check_limits(params)
-    return params
+        entry = _DECODERS.get(pid)
+        if entry is None:
+            continue
+        name, decode = entry
+        if not from_server and pid in _SERVER_ONLY:
+            raise _fail(f"{name} sent by a client")
+        values[name] = decode(value)
+    return TransportParameters(**values)
 
 
-# ---------------------------------------------------------------------------
-# lxin/quic's struct quic_transport_param
+# ---------------------------------------------------------------- encoder
 
 
-def default_local_parameters() -> TransportParameters:
-    """What a new kquic socket advertises: lxin/quic's quic_transport_param_init()."""
-    return TransportParameters(
-        max_idle_timeout=uapi.QUIC_DEF_MAX_IDLE_TIMEOUT // 1000,
-        max_udp_payload_size=uapi.QUIC_DEF_MAX_UDP_PAYLOAD_SIZE,
-        initial_max_data=uapi.QUIC_DEF_MAX_DATA,
-        initial_max_stream_data_bidi_local=uapi.QUIC_DEF_MAX_STREAM_DATA,
-        initial_max_stream_data_bidi_remote=uapi.QUIC_DEF_MAX_STREAM_DATA,
-        initial_max_stream_data_uni=uapi.QUIC_DEF_MAX_STREAM_DATA,
-        initial_max_streams_bidi=uapi.QUIC_DEF_MAX_STREAMS,
-        initial_max_streams_uni=uapi.QUIC_DEF_MAX_STREAMS,
-        ack_delay_exponent=uapi.QUIC_DEF_ACK_DELAY_EXPONENT,
-        max_ack_delay=uapi.QUIC_DEF_MAX_ACK_DELAY // 1000,
-        active_connection_id_limit=uapi.QUIC_DEF_ACTIVE_CONNECTION_ID_LIMIT,
+def _pack_address(address: tuple[str, int] | None, family: _Family) -> bytes:
+    if address is None:
+        return bytes(len(family(0).packed) + 2)
+    host, port = address
+    return family(host).packed + port.to_bytes(2, "big")
+
+
+def _encode_preferred_address(address: PreferredAddress) -> bytes:
+    cid = address.connection_id
+    return b"".join(
+        (
+            _pack_address(address.ipv4, ipaddress.IPv4Address),
+            _pack_address(address.ipv6, ipaddress.IPv6Address),
+            bytes((len(cid),)),
+            cid,
+            address.stateless_reset_token,
+        )
     )
 
 
-S32_MAX = (1 << 31) - 1
-# field: (lowest, highest) accepted on a local set (lxin/quic socket.c), None = no bound.
-_UAPI_LIMITS = {
+def _encode_version_information(info: VersionInformation) -> bytes:
+    versions = (info.chosen_version, *info.available_versions)
+    return struct.pack(f">{len(versions)}I", *versions)
+
+
+def _grease_parameter() -> tuple[int, bytes]:
+    """A reserved parameter (§18.1) so that peers keep ignoring unknown ids."""
+    pid = 31 * secrets.randbelow(_GREASE_MAX_N) + 27
+    return pid, os.urandom(secrets.randbelow(_GREASE_MAX_VALUE_LENGTH + 1))
+
+
+def encode_transport_parameters(params: TransportParameters, *, grease: bool = False) -> bytes:
+    """Encode the parameters whose value differs from what their absence means.
+
+    Omitting defaults keeps the TLS extension small; CIDs, the reset token and the
+    structured parameters go out whenever set, as an empty CID still carries meaning.
+    """
+    items: list[tuple[int, bytes]] = []
+    for pid, name, _low, _high in _INTEGERS:
+        number = getattr(params, name)
+        if number is not None and number != getattr(_DEFAULTS, name):
+            items.append((pid, encode_varint(number)))
+    for pid, name in _CIDS:
+        cid = getattr(params, name)
+        if cid is not None:
+            items.append((pid, cid))
+    for pid, name in _FLAGS:
+        if getattr(params, name):
+            items.append((pid, b""))
+    if params.stateless_reset_token is not None:
+        items.append((_ID.STATELESS_RESET_TOKEN, params.stateless_reset_token))
+    if params.preferred_address is not None:
+        items.append((_ID.PREFERRED_ADDRESS, _encode_preferred_address(params.preferred_address)))
+    if params.version_information is not None:
+        items.append(
+            (_ID.VERSION_INFORMATION, _encode_version_information(params.version_information))
+        )
+    if grease:
+        items.append(_grease_parameter())
+    items.sort(key=lambda item: item[0])
+    return b"".join(encode_varint(pid) + encode_varint(len(value)) + value for pid, value in items)
+
+
+# ---------------------------------------------------------------- socket API record
+
+_S32_MAX = (1 << 31) - 1
+_U8_MAX, _U16_MAX, _U32_MAX = 0xFF, 0xFFFF, 0xFFFF_FFFF
+_US_PER_MS = 1000
+
+# lxin/quic's local limits (quic_param_check_and_copy): record field -> (min, max).
+_UAPI_LIMITS: dict[str, tuple[int, int]] = {
     "active_connection_id_limit": (2, 8),
-    "ack_delay_exponent": (None, 20),
-    "max_datagram_frame_size": (1200, None),
-    "max_udp_payload_size": (1200, 65527),
-    "max_idle_timeout": (1_000_000, None),
-    "max_ack_delay": (None, 16_384_000 - 1),
-    "max_streams_bidi": (None, 4096),
-    "max_streams_uni": (None, 4096),
-    "max_data": (1200, S32_MAX // 4),
-    "max_stream_data_bidi_local": (1200, S32_MAX // 8),
-    "max_stream_data_bidi_remote": (1200, S32_MAX // 8),
-    "max_stream_data_uni": (1200, S32_MAX // 8),
+    "ack_delay_exponent": (0, MAX_ACK_DELAY_EXPONENT),
+    "max_datagram_frame_size": (MIN_MAX_UDP_PAYLOAD_SIZE, _U16_MAX),
+    "max_udp_payload_size": (MIN_MAX_UDP_PAYLOAD_SIZE, 65527),
+    "max_idle_timeout": (1_000_000, _U32_MAX),
+    "max_ack_delay": (0, MAX_MAX_ACK_DELAY * _US_PER_MS - 1),
+    "max_streams_bidi": (0, 4096),
+    "max_streams_uni": (0, 4096),
+    "max_data": (1200, _S32_MAX // 4),
+    "max_stream_data_bidi_local": (1200, _S32_MAX // 8),
+    "max_stream_data_bidi_remote": (1200, _S32_MAX // 8),
+    "max_stream_data_uni": (1200, _S32_MAX // 8),
 }
-# uapi field -> (TransportParameters field, scale from uapi units to ours)
-_UAPI_FIELDS = {
-    "active_connection_id_limit": ("active_connection_id_limit", 1),
-    "ack_delay_exponent": ("ack_delay_exponent", 1),
-    "max_datagram_frame_size": ("max_datagram_frame_size", 1),
-    "max_udp_payload_size": ("max_udp_payload_size", 1),
-    "max_idle_timeout": ("max_idle_timeout", 1000),
-    "max_ack_delay": ("max_ack_delay", 1000),
-    "max_streams_bidi": ("initial_max_streams_bidi", 1),
-    "max_streams_uni": ("initial_max_streams_uni", 1),
-    "max_data": ("initial_max_data", 1),
-    "max_stream_data_bidi_local": ("initial_max_stream_data_bidi_local", 1),
-    "max_stream_data_bidi_remote": ("initial_max_stream_data_bidi_remote", 1),
-    "max_stream_data_uni": ("initial_max_stream_data_uni", 1),
+# Record field -> TransportParameters field, for the fields copied unconverted.
+_UAPI_NAMES: dict[str, str] = {
+    "active_connection_id_limit": "active_connection_id_limit",
+    "ack_delay_exponent": "ack_delay_exponent",
+    "max_datagram_frame_size": "max_datagram_frame_size",
+    "max_udp_payload_size": "max_udp_payload_size",
+    "max_streams_bidi": "initial_max_streams_bidi",
+    "max_streams_uni": "initial_max_streams_uni",
+    "max_data": "initial_max_data",
+    "max_stream_data_bidi_local": "initial_max_stream_data_bidi_local",
+    "max_stream_data_bidi_remote": "initial_max_stream_data_bidi_remote",
+    "max_stream_data_uni": "initial_max_stream_data_uni",
 }
+_UAPI_MICROSECONDS = ("max_idle_timeout", "max_ack_delay")
+_UAPI_FLAGS = ("disable_active_migration", "grease_quic_bit")
 
 
-def params_from_uapi(
-    rec: uapi.QuicTransportParam, base: TransportParameters
-) -> TransportParameters:
-    """QUIC_SOCKOPT_TRANSPORT_PARAM set: merge ``rec`` into ``base`` (zero = unchanged).
-    A value outside lxin/quic's limits raises ValueError naming the field."""
+def default_local_parameters() -> TransportParameters:
+    """The parameters a fresh lxin/quic socket advertises (quic_transport_param_init)."""
+    return TransportParameters(
+        max_idle_timeout=30_000,
+        max_udp_payload_size=65527,
+        initial_max_data=65535 * 32,
+        initial_max_stream_data_bidi_local=65535 * 16,
+        initial_max_stream_data_bidi_remote=65535 * 16,
+        initial_max_stream_data_uni=65535 * 16,
+        initial_max_streams_bidi=100,
+        initial_max_streams_uni=100,
+        ack_delay_exponent=3,
+        max_ack_delay=25,
+        active_connection_id_limit=7,
+    )
+
+
+def params_from_uapi(rec: QuicTransportParam, base: TransportParameters) -> TransportParameters:
+    """``base`` updated by a QUIC_SOCKOPT_TRANSPORT_PARAM set, as a new object.
+
+    As in lxin/quic a zero field leaves the value unchanged (so a flag cannot be
+    cleared, nor a limit set to 0). Values outside the kernel's local limits raise
+    ValueError naming the field; the socket layer turns that into EINVAL.
+    """
     changes: dict[str, object] = {}
-    for name, (ours, scale) in _UAPI_FIELDS.items():
+    for name, (low, high) in _UAPI_LIMITS.items():
         value = getattr(rec, name)
         if not value:
             continue
-        low, high = _UAPI_LIMITS[name]
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"{name} {value} out of range")
-        changes[ours] = value // scale
-    for flag in ("disable_active_migration", "grease_quic_bit"):
-        if getattr(rec, flag):
-            changes[flag] = True
+        if not low <= value <= high:
+            raise ValueError(f"{name} {value} is outside {low}..{high}")
+        if name in _UAPI_MICROSECONDS:
+            changes[name] = value // _US_PER_MS
+        else:
+            changes[_UAPI_NAMES[name]] = value
+    for name in _UAPI_FLAGS:
+        if getattr(rec, name):
+            changes[name] = True
     return replace(base, **changes)
 
 
-def params_to_uapi(params: TransportParameters) -> uapi.QuicTransportParam:
-    """QUIC_SOCKOPT_TRANSPORT_PARAM get."""
-    rec = uapi.QuicTransportParam()
-    for name, (ours, scale) in _UAPI_FIELDS.items():
-        setattr(rec, name, (getattr(params, ours) or 0) * scale)
-    rec.disable_active_migration = int(params.disable_active_migration)
-    rec.grease_quic_bit = int(params.grease_quic_bit)
-    return rec
+def params_to_uapi(params: TransportParameters) -> QuicTransportParam:
+    """The record a QUIC_SOCKOPT_TRANSPORT_PARAM get returns.
 
-
-__all__ = [
-    "PreferredAddress",
-    "TransportParameterId",
-    "TransportParameters",
-    "VersionInformation",
-    "decode_transport_parameters",
-    "default_local_parameters",
-    "encode_transport_parameters",
-    "params_from_uapi",
-    "params_to_uapi",
-]
+    A peer may declare values wider than the C struct's fields; those saturate at the
+    field's maximum so the record always packs.
+    """
+    return QuicTransportParam(
+        disable_active_migration=int(params.disable_active_migration),
+        grease_quic_bit=int(params.grease_quic_bit),
+        stateless_reset=int(params.stateless_reset_token is not None),
+        active_connection_id_limit=min(params.active_connection_id_limit, _U8_MAX),
+        ack_delay_exponent=params.ack_delay_exponent,
+        max_datagram_frame_size=min(params.max_datagram_frame_size or 0, _U16_MAX),
+        max_udp_payload_size=min(params.max_udp_payload_size, _U16_MAX),
+        max_idle_timeout=min(params.max_idle_timeout * _US_PER_MS, _U32_MAX),
+        max_ack_delay=min(params.max_ack_delay * _US_PER_MS, _U32_MAX),
+        max_streams_bidi=min(params.initial_max_streams_bidi, _U16_MAX),
+        max_streams_uni=min(params.initial_max_streams_uni, _U16_MAX),
+        max_data=params.initial_max_data,
+        max_stream_data_bidi_local=params.initial_max_stream_data_bidi_local,
+        max_stream_data_bidi_remote=params.initial_max_stream_data_bidi_remote,
+        max_stream_data_uni=params.initial_max_stream_data_uni,
+    )
