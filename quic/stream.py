@@ -1,13 +1,16 @@
 """Streams (RFC 9000 §2-4): send and receive halves, reassembly, flow control, limits.
 
-Sans-I/O like the rest of the core. Data lives in one ``bytearray`` per direction with
-a base offset; acknowledged or consumed bytes are cut from the front (CPython makes
-that cheap), so bulk transfers never re-join or copy whole buffers.
+Sans-I/O like the rest of the core. Bulk transfers push hundreds of megabytes through
+these classes, so data is never copied per byte or re-joined as a whole: the send side
+keeps immutable chunks and hands out memoryview slices of them, the receive side keeps
+only bytes it has not seen, in a queue of ready chunks plus sorted out-of-order segments.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterator
 
 from . import uapi
 from .errors import QuicError, TransportError
@@ -16,83 +19,164 @@ from .frame import FrameType
 MAX_OFFSET = (1 << 62) - 1
 DEFAULT_SEND_BUFFER = 1 << 20
 CRYPTO_BUFFER_LIMIT = 64 * 1024
+# Writes below this size are gathered into one chunk, so a chatty writer does not leave
+# thousands of tiny objects behind; larger ones are kept as they are, without a copy.
+CHUNK_MIN = 16 * 1024
+
+_S_READY = uapi.QUIC_STREAM_SEND_STATE_READY
+_S_SEND = uapi.QUIC_STREAM_SEND_STATE_SEND
+_S_SENT = uapi.QUIC_STREAM_SEND_STATE_SENT
+_S_RECVD = uapi.QUIC_STREAM_SEND_STATE_RECVD
+_S_RESET_SENT = uapi.QUIC_STREAM_SEND_STATE_RESET_SENT
+_S_RESET_RECVD = uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD
+_R_RECV = uapi.QUIC_STREAM_RECV_STATE_RECV
+_R_SIZE_KNOWN = uapi.QUIC_STREAM_RECV_STATE_SIZE_KNOWN
+_R_RECVD = uapi.QUIC_STREAM_RECV_STATE_RECVD
+_R_READ = uapi.QUIC_STREAM_RECV_STATE_READ
+_R_RESET_RECVD = uapi.QUIC_STREAM_RECV_STATE_RESET_RECVD
+_R_RESET_READ = uapi.QUIC_STREAM_RECV_STATE_RESET_READ
+
+# Frames that act on the receiving half of a stream, and those that act on the sending half.
+_RECV_FRAMES = frozenset(
+    {FrameType.RESET_STREAM, FrameType.STREAM_DATA_BLOCKED, *range(0x08, 0x10)}
+)
+_SEND_FRAMES = frozenset({FrameType.MAX_STREAM_DATA, FrameType.STOP_SENDING})
 
 
 class StreamStateError(Exception):
     """An operation the stream's state does not allow (socket: EINVAL)."""
 
 
+class StreamGoneError(StreamStateError):
+    """The stream was opened once and is closed and forgotten now (socket: ENOSTR)."""
+
+
 class StreamLimitError(Exception):
     """The peer's MAX_STREAMS forbids opening another stream now (socket: EAGAIN)."""
+
+
+# ---------------------------------------------------------------------------
+# stream IDs (RFC 9000 §2.1): bit 0 the initiator, bit 1 the direction
 
 
 def stream_is_uni(sid: int) -> bool:
     return bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK)
 
 
+def stream_is_server_initiated(sid: int) -> bool:
+    return bool(sid & uapi.QUIC_STREAM_TYPE_SERVER_MASK)
+
+
 def stream_is_local(sid: int, is_client: bool) -> bool:
-    """Whether this endpoint opened ``sid`` (bit 0 is 1 for server-initiated streams)."""
+    """Whether this endpoint opened ``sid``."""
     return bool(sid & uapi.QUIC_STREAM_TYPE_SERVER_MASK) != is_client
 
 
-class RangeSet:
-    """Disjoint half-open ranges [start, end), kept sorted."""
+def stream_type(sid: int) -> int:
+    return sid & uapi.QUIC_STREAM_TYPE_MASK
 
-    __slots__ = ("ranges",)
+
+def stream_index(sid: int) -> int:
+    """The stream's ordinal within its type; stream limits count these."""
+    return sid >> 2
+
+
+def make_stream_id(index: int, uni: bool, server: bool) -> int:
+    return (index << 2) | (uapi.QUIC_STREAM_TYPE_UNI_MASK if uni else 0) | int(server)
+
+
+# ---------------------------------------------------------------------------
+
+
+class RangeSet:
+    """Disjoint, non-adjacent half-open ranges [start, end), sorted; two parallel lists
+    so that every lookup is a bisect rather than a scan."""
+
+    __slots__ = ("ends", "starts")
 
     def __init__(self) -> None:
-        self.ranges: list[list[int]] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
 
     def __bool__(self) -> bool:
-        return bool(self.ranges)
+        return bool(self.starts)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.starts, self.ends, strict=True)
 
     def add(self, start: int, end: int) -> None:
         if start >= end:
             return
-        ranges = self.ranges
-        i = bisect_left(ranges, [start, start])
-        if i > 0 and ranges[i - 1][1] >= start:
-            i -= 1
-        j = i
-        while j < len(ranges) and ranges[j][0] <= end:
-            start = min(start, ranges[j][0])
-            end = max(end, ranges[j][1])
-            j += 1
-        ranges[i:j] = [[start, end]]
+        starts, ends = self.starts, self.ends
+        i = bisect_left(ends, start)
+        j = bisect_right(starts, end)
+        if i < j:
+            start = min(start, starts[i])
+            end = max(end, ends[j - 1])
+        starts[i:j] = [start]
+        ends[i:j] = [end]
 
     def subtract(self, start: int, end: int) -> None:
         if start >= end:
             return
+        starts, ends = self.starts, self.ends
+        i = bisect_right(ends, start)
+        j = bisect_left(starts, end)
+        if i >= j:
+            return
+        new_starts, new_ends = [], []
+        if starts[i] < start:
+            new_starts.append(starts[i])
+            new_ends.append(start)
+        if ends[j - 1] > end:
+            new_starts.append(end)
+            new_ends.append(ends[j - 1])
+        starts[i:j] = new_starts
+        ends[i:j] = new_ends
+
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) this set does not cover."""
+        starts, ends = self.starts, self.ends
         out = []
-        for s, e in self.ranges:
-            if e <= start or s >= end:
-                out.append([s, e])
+        i = bisect_right(ends, start)
+        while start < end:
+            if i < len(starts) and starts[i] <= start:
+                start = ends[i]
+                i += 1
                 continue
-            if s < start:
-                out.append([s, start])
-            if e > end:
-                out.append([end, e])
-        self.ranges = out
+            stop = min(end, starts[i]) if i < len(starts) else end
+            out.append((start, stop))
+            start = stop
+        return out
 
     def first(self) -> tuple[int, int]:
-        return self.ranges[0][0], self.ranges[0][1]
+        return self.starts[0], self.ends[0]
 
-    def pop_front(self, upto: int) -> None:
-        """Drop everything below ``upto``."""
-        self.subtract(0, upto)
+
+# ---------------------------------------------------------------------------
+# sending half
 
 
 class SendStream:
-    """The sending half: buffered until acknowledged, retransmitted by range on loss."""
+    """The sending half (RFC 9000 §3.1): data is held until acknowledged and resent by
+    range when lost. The buffer is a list of immutable chunks, so frames are memoryview
+    slices that stay valid however the buffer changes afterwards."""
 
     __slots__ = (
         "_acked",
         "_base",
-        "_buf",
+        "_chunks",
         "_fin_acked",
         "_fin_lost",
         "_fin_sent",
+        "_frozen_end",
+        "_head",
         "_lost",
+        "_starts",
+        "_tail",
         "buffer_limit",
         "fin_written",
         "final_size",
@@ -100,42 +184,83 @@ class SendStream:
         "reset_code",
         "sent_end",
         "state",
+        "stop_code",
         "write_end",
     )
 
     def __init__(self, max_stream_data: int = 0, buffer_limit: int = DEFAULT_SEND_BUFFER) -> None:
-        self._buf = bytearray()
-        self._base = 0  # offset of _buf[0]; everything below is acknowledged
-        self.write_end = 0
-        self.sent_end = 0
-        self._acked = RangeSet()
-        self._lost = RangeSet()
-        self.fin_written = False
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # stream offset of each chunk
+        self._head = 0  # chunks before this index are acknowledged and dropped
+        self._tail = bytearray()  # small writes not yet frozen into a chunk
+        self._frozen_end = 0  # offset where _tail begins
+        self._base = 0  # everything below is acknowledged
+        self._acked = RangeSet()  # acknowledged ranges above _base
+        self._lost = RangeSet()  # ranges to send again
         self._fin_sent = False
         self._fin_lost = False
         self._fin_acked = False
+        self.write_end = 0
+        self.sent_end = 0  # highest offset ever sent: what flow control has consumed
+        self.fin_written = False
         self.final_size: int | None = None
         self.max_stream_data = max_stream_data
         self.buffer_limit = buffer_limit
-        self.state = uapi.QUIC_STREAM_SEND_STATE_READY
+        self.state = _S_READY
         self.reset_code: int | None = None
+        self.stop_code: int | None = None
 
-    def write(self, data: bytes | memoryview, fin: bool = False) -> None:
+    # the application's side
+
+    def write(self, data: bytes | bytearray | memoryview, fin: bool = False) -> None:
         if self.fin_written or self.reset_code is not None:
             raise StreamStateError("stream already finished or reset")
-        self._buf += data
-        self.write_end += len(data)
+        n = len(data)
+        if n >= CHUNK_MIN:
+            self._freeze()
+            self._chunks.append(bytes(data))  # no copy when ``data`` is already bytes
+            self._starts.append(self.write_end)
+            self._frozen_end = self.write_end + n
+        elif n:
+            self._tail += data
+            if len(self._tail) >= CHUNK_MIN:
+                self._freeze_at(self.write_end + n)
+        self.write_end += n
         if fin:
             self.fin_written = True
             self.final_size = self.write_end
-        if self.state == uapi.QUIC_STREAM_SEND_STATE_READY:
-            self.state = uapi.QUIC_STREAM_SEND_STATE_SEND
+        if self.state == _S_READY:
+            self.state = _S_SEND
+
+    def _freeze(self) -> None:
+        self._freeze_at(self.write_end)
+
+    def _freeze_at(self, end: int) -> None:
+        if self._tail:
+            self._chunks.append(bytes(self._tail))
+            self._starts.append(self._frozen_end)
+            self._tail = bytearray()
+            self._frozen_end = end
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written and not yet acknowledged."""
+        return self.write_end - self._base
+
+    @property
+    def memory(self) -> int:
+        """Bytes actually held: ``buffered`` plus the acknowledged head of one chunk."""
+        if self._head < len(self._starts):
+            return self.write_end - self._starts[self._head]
+        return self.write_end - self._frozen_end
 
     def room(self) -> int:
         """Bytes ``write`` may add before the writer should wait for acknowledgments."""
         if self.fin_written or self.reset_code is not None:
             return 0
-        return max(0, self.buffer_limit - (self.write_end - self._base))
+        return max(0, self.buffer_limit - self.buffered)
+
+    # what to send
 
     def _fin_pending(self) -> bool:
         return self.fin_written and (not self._fin_sent or self._fin_lost) and not self._fin_acked
@@ -150,263 +275,425 @@ class SendStream:
         return self._fin_pending() and self.sent_end == self.write_end
 
     def blocked(self) -> bool:
-        """Data waits but the peer's MAX_STREAM_DATA holds it back."""
-        return self.sent_end < self.write_end and self.sent_end >= self.max_stream_data
-
-    def next_frame(
-        self, max_payload: int, connection_credit: int
-    ) -> tuple[int, memoryview | bytes, bool, int] | None:
-        """(offset, data, fin, new bytes) for one STREAM frame of at most ``max_payload``
-        data bytes: lost ranges first, then new data within stream and connection credit."""
-        if self.reset_code is not None or max_payload <= 0:
-            return None
-        if self._lost:
-            start, end = self._lost.first()
-            end = min(end, start + max_payload)
-            self._lost.subtract(start, end)
-            fin = self.fin_written and end == self.write_end and self._fin_lost
-            if fin:
-                self._fin_lost = False
-            return start, self._slice(start, end), fin, 0
-        limit = min(self.write_end, self.max_stream_data, self.sent_end + max_payload)
-        limit = min(limit, self.sent_end + max(connection_credit, 0))
-        start = self.sent_end
-        if limit <= start and not (self._fin_pending() and start == self.write_end):
-            return None
-        self.sent_end = limit
-        fin = self.fin_written and limit == self.write_end and self._fin_pending()
-        if fin:
-            self._fin_sent = True
-            self._fin_lost = False
-            self.state = uapi.QUIC_STREAM_SEND_STATE_SENT
-        return start, self._slice(start, limit), fin, limit - start
-
-    def _slice(self, start: int, end: int) -> bytes:
-        base = self._base
-        return bytes(self._buf[start - base : end - base])
-
-    def on_acked(self, offset: int, length: int, fin: bool) -> None:
-        if self.reset_code is not None:
-            return
-        end = offset + length
-        if end > self._base:
-            self._acked.add(max(offset, self._base), end)
-        self._lost.subtract(offset, end)
-        if fin:
-            self._fin_acked = True
-            self._fin_lost = False
-        if self._acked and self._acked.ranges[0][0] <= self._base:
-            new_base = self._acked.ranges[0][1]
-            del self._buf[: new_base - self._base]
-            self._base = new_base
-            self._acked.pop_front(new_base)
-        if self._fin_acked and self._base == self.write_end:
-            self.state = uapi.QUIC_STREAM_SEND_STATE_RECVD
-
-    def on_lost(self, offset: int, length: int, fin: bool) -> None:
-        if self.reset_code is not None or self.state == uapi.QUIC_STREAM_SEND_STATE_RECVD:
-            return
-        start = max(offset, self._base)
-        end = offset + length
-        if start < end:
-            self._lost.add(start, end)
-            for s, e in self._acked.ranges:
-                if s < end and e > start:
-                    self._lost.subtract(s, e)
-        if fin and not self._fin_acked:
-            self._fin_lost = True
+        """Data waits but the peer's MAX_STREAM_DATA holds it back (STREAM_DATA_BLOCKED)."""
+        return (
+            self.reset_code is None
+            and self.sent_end < self.write_end
+            and self.sent_end >= self.max_stream_data
+        )
 
     def on_max_stream_data(self, limit: int) -> None:
         if limit > self.max_stream_data:
             self.max_stream_data = limit
 
+    def next_frame(
+        self, max_payload: int, connection_credit: int
+    ) -> tuple[int, memoryview | bytes, bool, int] | None:
+        """(offset, data, fin, new bytes) for one STREAM frame of at most ``max_payload``
+        data bytes: lost ranges first, then new data within the stream's and the
+        connection's credit. ``new bytes`` is what the connection's credit must be
+        charged; retransmissions cost none."""
+        if self.reset_code is not None or max_payload <= 0:
+            return None
+        lost = self._lost
+        if lost:
+            start, end = lost.first()
+            end = min(end, start + max_payload)
+            lost.subtract(start, end)
+            fin = self._fin_lost and end == self.write_end
+            if fin:
+                self._fin_lost = False
+            return start, self._slice(start, end), fin, 0
+        start = self.sent_end
+        limit = min(
+            self.write_end,
+            self.max_stream_data,
+            start + max_payload,
+            start + max(connection_credit, 0),
+        )
+        if limit <= start:
+            if not (self._fin_pending() and start == self.write_end):
+                return None
+            limit = start
+        self.sent_end = limit
+        fin = limit == self.write_end and self._fin_pending()
+        if fin:
+            self._fin_sent = True
+            self._fin_lost = False
+            if self.state == _S_SEND:
+                self.state = _S_SENT
+        return start, self._slice(start, limit), fin, limit - start
+
+    def _slice(self, start: int, end: int) -> memoryview | bytes:
+        """Bytes [start, end): a view into one chunk, or a join of at most one frame."""
+        if start == end:
+            return b""
+        if end > self._frozen_end:
+            self._freeze()
+        starts, chunks = self._starts, self._chunks
+        i = bisect_right(starts, start, self._head) - 1
+        chunk = chunks[i]
+        a = start - starts[i]
+        if a + (end - start) <= len(chunk):
+            return memoryview(chunk)[a : a + end - start]
+        parts = [memoryview(chunk)[a:]]
+        pos = starts[i] + len(chunk)
+        while pos < end:
+            i += 1
+            chunk = chunks[i]
+            parts.append(memoryview(chunk)[: end - pos])
+            pos += len(chunk)
+        return b"".join(parts)
+
+    # what the peer acknowledged or lost
+
+    def on_acked(self, offset: int, length: int, fin: bool) -> None:
+        if self.reset_code is not None or self.state == _S_RECVD:
+            return
+        end = offset + length
+        if end > self._base:
+            self._acked.add(max(offset, self._base), end)
+            self._lost.subtract(offset, end)
+        if fin:
+            self._fin_acked = True
+            self._fin_lost = False
+        acked = self._acked
+        if acked and acked.starts[0] <= self._base:
+            self._base = acked.ends[0]
+            del acked.starts[0], acked.ends[0]
+            self._drop_acked()
+        if self._fin_acked and self._base == self.write_end:
+            self.state = _S_RECVD
+
+    def _drop_acked(self) -> None:
+        base, starts, chunks = self._base, self._starts, self._chunks
+        head, n = self._head, len(starts)
+        while head < n and starts[head] + len(chunks[head]) <= base:
+            chunks[head] = b""
+            head += 1
+        if head > 32 and head * 2 > n:
+            del starts[:head], chunks[:head]
+            head = 0
+        self._head = head
+
+    def on_lost(self, offset: int, length: int, fin: bool) -> None:
+        """Queue [offset, offset+length) again, except what was acknowledged since."""
+        if self.reset_code is not None or self.state == _S_RECVD:
+            return
+        start = max(offset, self._base)
+        end = offset + length
+        if start < end:
+            lost = self._lost
+            for a, b in self._acked.gaps(start, end):
+                lost.add(a, b)
+        if fin and not self._fin_acked:
+            self._fin_lost = True
+
+    # abandoning
+
     def reset(self, error_code: int) -> int:
-        """Abandon the stream (RESET_STREAM); returns the final size to announce."""
-        if self.state in (
-            uapi.QUIC_STREAM_SEND_STATE_RECVD,
-            uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD,
-        ):
+        """Abandon the stream (RESET_STREAM, RFC 9000 §3.1); returns the final size to
+        announce, the flow-control credit consumed so far. Repeating it is harmless."""
+        if self.state == _S_RECVD:
             raise StreamStateError("stream already fully acknowledged")
         if self.reset_code is None:
             self.reset_code = error_code
             self.final_size = self.sent_end
-            self._buf = bytearray()
+            self._chunks, self._starts, self._head = [], [], 0
+            self._tail = bytearray()
+            self._frozen_end = self.write_end
             self._lost = RangeSet()
-            self.state = uapi.QUIC_STREAM_SEND_STATE_RESET_SENT
-        return self.final_size
+            self._acked = RangeSet()
+            self.state = _S_RESET_SENT
+        return self.sent_end
 
     def on_stop_sending(self, error_code: int) -> int | None:
-        """The peer asked us to stop; the answer is a RESET_STREAM (RFC 9000 §3.5)."""
-        if self.reset_code is not None or self.state == uapi.QUIC_STREAM_SEND_STATE_RECVD:
+        """The peer asked us to stop; returns the final size of the RESET_STREAM to send
+        (RFC 9000 §3.5), or None when the stream is already reset or fully delivered."""
+        self.stop_code = error_code
+        if self.reset_code is not None or self.state == _S_RECVD:
             return None
         return self.reset(error_code)
 
     def on_reset_acked(self) -> None:
-        self.state = uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD
+        if self.state == _S_RESET_SENT:
+            self.state = _S_RESET_RECVD
 
     @property
     def terminal(self) -> bool:
-        return self.state in (
-            uapi.QUIC_STREAM_SEND_STATE_RECVD,
-            uapi.QUIC_STREAM_SEND_STATE_RESET_SENT,
-            uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD,
-        )
+        """Nothing more for the stream object to do. Reset Sent counts: the connection's
+        control queue, not this object, carries RESET_STREAM until acknowledged."""
+        return self.state in (_S_RECVD, _S_RESET_SENT, _S_RESET_RECVD)
+
+
+# ---------------------------------------------------------------------------
+# receiving half
+
+
+class Reassembly:
+    """In-order bytes from frames that arrive in any order, repeated or overlapping.
+
+    Ready data (contiguous from the read offset) is a deque of chunks; data past a gap
+    lives in sorted, non-overlapping segments. Only bytes never seen before are stored,
+    so memory is bounded by how far past the read offset the peer may send.
+    """
+
+    __slots__ = ("_ready", "_seg_data", "_seg_starts", "pending_bytes", "read_offset", "ready")
+
+    def __init__(self) -> None:
+        self._ready: deque[bytes | memoryview] = deque()
+        self.ready = 0  # bytes in _ready
+        self.read_offset = 0  # stream offset of the first ready byte
+        self._seg_starts: list[int] = []
+        self._seg_data: list[bytearray] = []
+        self.pending_bytes = 0  # bytes held past a gap
+
+    @property
+    def contiguous_end(self) -> int:
+        return self.read_offset + self.ready
+
+    @property
+    def stored(self) -> int:
+        return self.ready + self.pending_bytes
+
+    def insert(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        end = offset + len(data)
+        start = self.read_offset + self.ready
+        if end <= start:
+            return
+        seg_starts = self._seg_starts
+        if start < offset or (seg_starts and seg_starts[0] < end):
+            self._insert_segments(offset, data, max(start, offset))
+        else:
+            if start > offset or type(data) is not bytes:
+                data = bytes(memoryview(data)[start - offset :])
+            self._ready.append(data)
+            self.ready += len(data)
+        if seg_starts and seg_starts[0] <= self.read_offset + self.ready:
+            self._drain()
+
+    def _insert_segments(self, offset: int, data: bytes | bytearray | memoryview, lo: int) -> None:
+        """Store the parts of the frame from ``lo`` on that are not held yet."""
+        view = memoryview(data)
+        end = offset + len(view)
+        starts, segs = self._seg_starts, self._seg_data
+        start = lo
+        i = max(0, bisect_right(starts, start) - 1)
+        while start < end:
+            if i < len(starts) and starts[i] <= start:
+                start = max(start, starts[i] + len(segs[i]))
+                i += 1
+                continue
+            stop = min(end, starts[i]) if i < len(starts) else end
+            piece = view[start - offset : stop - offset]
+            if i > 0 and starts[i - 1] + len(segs[i - 1]) == start:
+                segs[i - 1] += piece  # ascending arrivals after a hole grow one segment
+            else:
+                starts.insert(i, start)
+                segs.insert(i, bytearray(piece))
+                i += 1
+            self.pending_bytes += stop - start
+            start = stop
+
+    def _drain(self) -> None:
+        """Move segments that now touch the ready data over to it."""
+        starts, segs = self._seg_starts, self._seg_data
+        n = 0
+        end = self.read_offset + self.ready
+        while n < len(starts) and starts[n] == end:
+            seg = segs[n]
+            self._ready.append(seg)
+            end += len(seg)
+            n += 1
+        moved = end - self.read_offset - self.ready
+        self.ready += moved
+        self.pending_bytes -= moved
+        del starts[:n], segs[:n]
+
+    def read(self, max_bytes: int) -> bytes:
+        ready = self._ready
+        if not ready or max_bytes <= 0:
+            return b""
+        first = ready[0]
+        if len(first) <= max_bytes and (len(ready) == 1 or len(first) == max_bytes):
+            ready.popleft()
+            out = first if type(first) is bytes else bytes(first)
+        else:
+            parts = []
+            want = max_bytes
+            while ready and want:
+                chunk = ready[0]
+                if len(chunk) <= want:
+                    parts.append(ready.popleft())
+                    want -= len(chunk)
+                else:
+                    view = memoryview(chunk)
+                    parts.append(view[:want])
+                    ready[0] = view[want:]
+                    want = 0
+            out = b"".join(parts)
+        self.ready -= len(out)
+        self.read_offset += len(out)
+        return out
+
+    def clear(self) -> None:
+        self._ready.clear()
+        self._seg_starts.clear()
+        self._seg_data.clear()
+        self.ready = self.pending_bytes = 0
 
 
 class RecvStream:
-    """The receiving half: in-order delivery from out-of-order frames, within our window."""
+    """The receiving half (RFC 9000 §3.2): in-order delivery within our window, final
+    size checks, and the MAX_STREAM_DATA policy."""
 
     __slots__ = (
         "_buf",
         "_fin_delivered",
-        "_pending",
-        "_read_offset",
+        "_update_lost",
+        "discarded",
         "final_size",
         "highest",
         "max_stream_data",
         "reset_code",
         "state",
         "stop_code",
-        "update_pending",
         "window",
     )
 
     def __init__(self, max_stream_data: int) -> None:
-        self._buf = bytearray()  # contiguous, unread data starting at _read_offset
-        self._read_offset = 0
-        self._pending: dict[int, bytes] = {}  # out-of-order data by offset
-        self.highest = 0
+        self._buf = Reassembly()
+        self.highest = 0  # highest offset received: what flow control counts
         self.final_size: int | None = None
-        self.max_stream_data = max_stream_data
+        self.max_stream_data = max_stream_data  # the limit we advertised
         self.window = max_stream_data
-        self.state = uapi.QUIC_STREAM_RECV_STATE_RECV
+        self.state = _R_RECV
         self.reset_code: int | None = None
         self.stop_code: int | None = None
+        self.discarded = 0  # bytes a reset dropped unread; the connection releases them
         self._fin_delivered = False
-        self.update_pending = False
+        self._update_lost = False
 
     @property
     def readable(self) -> int:
-        return len(self._buf)
+        return self._buf.ready
+
+    @property
+    def read_offset(self) -> int:
+        return self._buf.read_offset
+
+    @property
+    def stored(self) -> int:
+        """Bytes held in memory, ready or past a gap."""
+        return self._buf.stored
 
     @property
     def fin_ready(self) -> bool:
+        """A read would report the end of the stream (FIN or reset) now."""
         if self._fin_delivered:
             return False
         if self.reset_code is not None:
             return True
-        return self.final_size is not None and self._read_offset + len(self._buf) == self.final_size
+        return self.final_size is not None and self._buf.contiguous_end == self.final_size
 
-    def _check_final(self, end: int, fin: bool, frame_type: int) -> None:
-        if self.final_size is not None:
-            if end > self.final_size or (fin and end != self.final_size):
-                raise QuicError(TransportError.FINAL_SIZE_ERROR, frame_type, "final size changed")
-        elif fin and end < self.highest:
-            raise QuicError(TransportError.FINAL_SIZE_ERROR, frame_type, "final size below data")
-
-    def on_frame(self, offset: int, data: bytes | memoryview, fin: bool) -> int:
-        """Take a STREAM frame; returns how far the highest received offset grew, which is
-        what counts against connection-level flow control (RFC 9000 §4.5)."""
+    def on_frame(self, offset: int, data: bytes | bytearray | memoryview, fin: bool) -> int:
+        """Take a STREAM frame; returns how far the highest received offset grew, which
+        is what counts against connection-level flow control (RFC 9000 §4.5)."""
         end = offset + len(data)
         if end > self.max_stream_data:
             raise QuicError(
                 TransportError.FLOW_CONTROL_ERROR, FrameType.STREAM, "stream window exceeded"
             )
-        self._check_final(end, fin, FrameType.STREAM)
-        if fin:
+        final = self.final_size
+        if final is not None:
+            if end > final or (fin and end != final):
+                raise QuicError(TransportError.FINAL_SIZE_ERROR, FrameType.STREAM, "final size")
+        elif fin:
+            if end < self.highest:
+                raise QuicError(
+                    TransportError.FINAL_SIZE_ERROR, FrameType.STREAM, "final size below data"
+                )
             self.final_size = end
-            if self.state == uapi.QUIC_STREAM_RECV_STATE_RECV:
-                self.state = uapi.QUIC_STREAM_RECV_STATE_SIZE_KNOWN
-        grown = max(0, end - self.highest)
-        self.highest = max(self.highest, end)
-        if self.reset_code is not None:
-            return grown
-        contiguous = self._read_offset + len(self._buf)
-        if end > contiguous:
-            if offset <= contiguous:
-                self._buf += data[contiguous - offset :]
-                self._drain_pending()
-            else:
-                known = self._pending.get(offset)
-                if known is None or len(known) < len(data):
-                    self._pending[offset] = bytes(data)
-        if self.final_size is not None and self._read_offset + len(self._buf) == self.final_size:
-            self.state = uapi.QUIC_STREAM_RECV_STATE_RECVD
+            if self.state == _R_RECV:
+                self.state = _R_SIZE_KNOWN
+        grown = end - self.highest
+        if grown > 0:
+            self.highest = end
+        else:
+            grown = 0
+        if self.state in (_R_RECV, _R_SIZE_KNOWN):
+            buf = self._buf
+            buf.insert(offset, data)
+            if self.final_size is not None and buf.contiguous_end == self.final_size:
+                self.state = _R_RECVD
         return grown
 
-    def _drain_pending(self) -> None:
-        pending = self._pending
-        while pending:
-            contiguous = self._read_offset + len(self._buf)
-            progressed = False
-            for offset in sorted(pending):
-                if offset > contiguous:
-                    break
-                data = pending.pop(offset)
-                if offset + len(data) > contiguous:
-                    self._buf += data[contiguous - offset :]
-                    contiguous = self._read_offset + len(self._buf)
-                progressed = True
-            if not progressed:
-                return
-
     def read(self, max_bytes: int) -> tuple[bytes, bool]:
-        """Up to ``max_bytes`` in order; ``fin`` is True once, with the last byte."""
+        """Up to ``max_bytes`` in order, never past a gap; ``fin`` is True once, with the
+        last byte (or alone, after a reset)."""
         if self.reset_code is not None:
             fin = not self._fin_delivered
             self._fin_delivered = True
-            self.state = uapi.QUIC_STREAM_RECV_STATE_RESET_READ
+            self.state = _R_RESET_READ
             return b"", fin
-        data = bytes(self._buf[:max_bytes])
-        del self._buf[:max_bytes]
-        self._read_offset += len(data)
+        data = self._buf.read(max_bytes)
         fin = False
         if (
-            self.final_size is not None
-            and self._read_offset == self.final_size
-            and not self._fin_delivered
+            not self._fin_delivered
+            and self.final_size is not None
+            and self._buf.read_offset == self.final_size
         ):
             fin = True
             self._fin_delivered = True
-            self.state = uapi.QUIC_STREAM_RECV_STATE_READ
-        if self.final_size is None and self._read_offset > self.max_stream_data - self.window // 2:
-            new_limit = self._read_offset + self.window
-            if new_limit > self.max_stream_data:
-                self.max_stream_data = new_limit
-                self.update_pending = True
+            self.state = _R_READ
         return data, fin
 
     def on_reset(self, error_code: int, final_size: int) -> int:
-        """RESET_STREAM: returns the flow-control growth the final size implies."""
+        """RESET_STREAM: returns the flow-control growth its final size implies."""
         if final_size > self.max_stream_data:
             raise QuicError(
-                TransportError.FLOW_CONTROL_ERROR,
-                FrameType.RESET_STREAM,
-                "final size beyond window",
+                TransportError.FLOW_CONTROL_ERROR, FrameType.RESET_STREAM, "beyond window"
             )
-        if (
-            self.final_size is not None and final_size != self.final_size
-        ) or final_size < self.highest:
+        if (self.final_size is not None and final_size != self.final_size) or (
+            final_size < self.highest
+        ):
             raise QuicError(
                 TransportError.FINAL_SIZE_ERROR, FrameType.RESET_STREAM, "final size changed"
             )
-        grown = max(0, final_size - self.highest)
+        grown = final_size - self.highest
         self.highest = self.final_size = final_size
-        if self.reset_code is None and self.state not in (
-            uapi.QUIC_STREAM_RECV_STATE_RECVD,
-            uapi.QUIC_STREAM_RECV_STATE_READ,
-        ):
+        # Once all data is in, the reset may be ignored (RFC 9000 §3.2); we do, so the
+        # application still gets everything it was sent.
+        if self.reset_code is None and self.state in (_R_RECV, _R_SIZE_KNOWN):
             self.reset_code = error_code
-            self._buf = bytearray()
-            self._pending.clear()
-            self.state = uapi.QUIC_STREAM_RECV_STATE_RESET_RECVD
+            self.discarded = final_size - self._buf.read_offset
+            self._buf.clear()
+            self.state = _R_RESET_RECVD
         return grown
 
     def stop_sending(self, error_code: int) -> None:
         self.stop_code = error_code
 
+    def max_stream_data_update(self) -> int | None:
+        """A larger MAX_STREAM_DATA once the application has consumed more than half the
+        window: the new limit is what it consumed plus the window. None when no update
+        is due, or the final size is known (the peer needs no more credit)."""
+        if self.final_size is not None or self.reset_code is not None:
+            return None
+        consumed = self._buf.read_offset
+        if consumed > self.max_stream_data - self.window // 2:
+            self.max_stream_data = consumed + self.window
+            self._update_lost = False
+            return self.max_stream_data
+        if self._update_lost:
+            self._update_lost = False
+            return self.max_stream_data
+        return None
+
     def window_update_lost(self) -> None:
-        self.update_pending = True
+        """The packet carrying our MAX_STREAM_DATA was lost: announce the limit again."""
+        if self.final_size is None:
+            self._update_lost = True
 
     @property
     def terminal(self) -> bool:
@@ -430,25 +717,27 @@ class Stream:
         )
 
 
+# ---------------------------------------------------------------------------
+# CRYPTO
+
+
 class CryptoStream:
     """CRYPTO data of one encryption level: offsets and retransmission as for streams,
     without flow control, and a bounded reassembly buffer (RFC 9000 §7.5)."""
 
-    __slots__ = ("_recv", "_send", "_sent_unacked")
+    __slots__ = ("_recv", "_send", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = CRYPTO_BUFFER_LIMIT) -> None:
         self._send = SendStream(MAX_OFFSET, buffer_limit=MAX_OFFSET)
-        self._recv = RecvStream(CRYPTO_BUFFER_LIMIT)
+        self._recv = Reassembly()
+        self.limit = limit
 
     def write(self, data: bytes) -> None:
         self._send.write(data)
 
-    def next_frame(self, max_payload: int) -> tuple[int, bytes] | None:
+    def next_frame(self, max_payload: int) -> tuple[int, memoryview | bytes] | None:
         chunk = self._send.next_frame(max_payload, MAX_OFFSET)
-        if chunk is None:
-            return None
-        offset, data, _, _ = chunk
-        return (offset, data) if data else None
+        return None if chunk is None else (chunk[0], chunk[1])
 
     def on_acked(self, offset: int, length: int) -> None:
         self._send.on_acked(offset, length, False)
@@ -461,33 +750,40 @@ class CryptoStream:
         send = self._send
         send.on_lost(send._base, send.sent_end - send._base, False)
 
-    def on_frame(self, offset: int, data: bytes | memoryview) -> None:
+    def on_frame(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         recv = self._recv
-        recv.max_stream_data = recv._read_offset + len(recv._buf) + CRYPTO_BUFFER_LIMIT
-        if offset + len(data) > recv.max_stream_data:
+        if offset + len(data) > recv.read_offset + self.limit:
             raise QuicError(
                 TransportError.CRYPTO_BUFFER_EXCEEDED,
                 FrameType.CRYPTO,
                 "too much CRYPTO data buffered",
             )
-        if offset + len(data) <= recv._read_offset:
-            return
-        recv.on_frame(offset, data, False)
+        recv.insert(offset, data)
+
+    @property
+    def stored(self) -> int:
+        return self._recv.stored
 
     def read(self) -> bytes:
-        return self._recv.read(len(self._recv._buf))[0]
+        return self._recv.read(self._recv.ready)
+
+
+# ---------------------------------------------------------------------------
+# connection-level flow control
 
 
 class FlowController:
-    """Connection-level flow control (MAX_DATA), one instance per direction."""
+    """Connection-level flow control (MAX_DATA, RFC 9000 §4.1), one per direction."""
 
     __slots__ = ("consumed", "limit", "used", "window")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit  # the peer's MAX_DATA (send) or ours (receive)
         self.window = limit
-        self.used = 0  # send: bytes sent; receive: highest offsets received, summed
-        self.consumed = 0  # receive: bytes the application read
+        self.used = 0  # send: new bytes sent; receive: highest offsets received, summed
+        self.consumed = 0  # receive: bytes the application read or a reset released
+
+    # sending
 
     @property
     def credit(self) -> int:
@@ -501,20 +797,23 @@ class FlowController:
         self.used += n
 
     def blocked(self) -> bool:
+        """No credit left (DATA_BLOCKED, if data waits)."""
         return self.used >= self.limit
 
-    def on_received(self, n: int) -> None:
+    # receiving
+
+    def on_received(self, n: int, frame_type: int = FrameType.STREAM) -> None:
         self.used += n
         if self.used > self.limit:
             raise QuicError(
-                TransportError.FLOW_CONTROL_ERROR, FrameType.STREAM, "connection window exceeded"
+                TransportError.FLOW_CONTROL_ERROR, frame_type, "connection window exceeded"
             )
 
     def on_consumed(self, n: int) -> None:
         self.consumed += n
 
     def max_data_update(self) -> int | None:
-        """A larger MAX_DATA once the application has read half the window."""
+        """A larger MAX_DATA once the application has consumed more than half the window."""
         if self.consumed > self.limit - self.window // 2:
             new_limit = self.consumed + self.window
             if new_limit > self.limit:
@@ -523,18 +822,28 @@ class FlowController:
         return None
 
 
+# ---------------------------------------------------------------------------
+# stream limits
+
+
 class StreamManager:
-    """Which streams exist, who may open more, and their per-stream windows."""
+    """Which streams exist, who may open more (RFC 9000 §4.6), and their windows.
+
+    ``local_params`` are our transport parameters (what the peer may open and send),
+    the peer's arrive later through :meth:`set_peer_params`. Stream IDs of a type are
+    used in order, so closed streams need no record beyond a count.
+    """
 
     def __init__(self, is_client: bool, local_params) -> None:
         self.is_client = is_client
         self.local = local_params
         self.peer = None
         self.streams: dict[int, Stream] = {}
-        # Streams we may open: the peer's limits (0 until its parameters arrive).
-        self.peer_max = [0, 0]  # [bidi, uni]
-        self.next_local = [0, 0]  # count opened by us, per type
-        # Streams the peer may open: our limits and how many it opened / we closed.
+        # Streams we may open, indexed [bidi, uni]: the peer's limits (0 until its
+        # parameters arrive) and how many we opened.
+        self.peer_max = [0, 0]
+        self.next_local = [0, 0]
+        # Streams the peer may open: our limits, how many it opened, how many closed.
         self.local_max = [
             local_params.initial_max_streams_bidi,
             local_params.initial_max_streams_uni,
@@ -543,15 +852,12 @@ class StreamManager:
         self.next_peer = [0, 0]
         self.closed_peer = [0, 0]
 
-    # identities
-
-    def _sid(self, index: int, uni: bool, local: bool) -> int:
-        server = (not self.is_client) if local else self.is_client
-        return (index << 2) | (2 if uni else 0) | (1 if server else 0)
-
     def set_peer_params(self, peer) -> None:
         self.peer = peer
-        self.peer_max = [peer.initial_max_streams_bidi, peer.initial_max_streams_uni]
+        self.peer_max = [
+            max(self.peer_max[0], peer.initial_max_streams_bidi),
+            max(self.peer_max[1], peer.initial_max_streams_uni),
+        ]
         for stream in self.streams.values():
             if stream.send is not None:
                 stream.send.on_max_stream_data(self._send_window(stream.stream_id))
@@ -583,16 +889,22 @@ class StreamManager:
         self.streams[sid] = stream
         return stream
 
+    def _open_upto(self, index: int, uni: bool, local: bool) -> None:
+        opened = self.next_local if local else self.next_peer
+        server = (not self.is_client) if local else self.is_client
+        for i in range(opened[uni], index + 1):
+            self._create(make_stream_id(i, uni, server))
+        opened[uni] = index + 1
+
     def get(self, sid: int) -> Stream | None:
         return self.streams.get(sid)
 
     def was_closed(self, sid: int) -> bool:
-        """Opened once and gone now: IDs are used in order, so no set of them is kept."""
+        """Opened once and gone now."""
         if sid in self.streams:
             return False
-        uni = stream_is_uni(sid)
         opened = self.next_local if stream_is_local(sid, self.is_client) else self.next_peer
-        return (sid >> 2) < opened[uni]
+        return stream_index(sid) < opened[stream_is_uni(sid)]
 
     # opening our own
 
@@ -600,40 +912,47 @@ class StreamManager:
         return self.next_local[uni] < self.peer_max[uni]
 
     def open_local(self, uni: bool) -> Stream:
+        """The next stream of our own of that type; StreamLimitError at the peer's limit."""
         if not self.can_open_local(uni):
             raise StreamLimitError("peer's stream limit reached")
-        sid = self._sid(self.next_local[uni], uni, local=True)
-        self.next_local[uni] += 1
-        return self._create(sid)
+        index = self.next_local[uni]
+        self._open_upto(index, uni, local=True)
+        return self.streams[make_stream_id(index, uni, not self.is_client)]
 
     def open_specific(self, sid: int) -> Stream:
         """Open ``sid`` and every lower stream of its type (lxin/quic semantics)."""
-        if sid in self.streams:
-            return self.streams[sid]
-        if self.was_closed(sid):
-            raise StreamStateError("stream already closed")
+        stream = self.streams.get(sid)
+        if stream is not None:
+            return stream
         if not stream_is_local(sid, self.is_client):
             raise StreamStateError("the peer has not opened that stream")
+        if self.was_closed(sid):
+            raise StreamGoneError("stream already closed")
         uni = stream_is_uni(sid)
-        index = sid >> 2
+        index = stream_index(sid)
         if index >= self.peer_max[uni]:
             raise StreamLimitError("peer's stream limit reached")
-        while self.next_local[uni] <= index:
-            self._create(self._sid(self.next_local[uni], uni, local=True))
-            self.next_local[uni] += 1
+        self._open_upto(index, uni, local=True)
         return self.streams[sid]
 
     # streams the peer opens
 
     def get_or_create_peer(self, sid: int, frame_type: int) -> Stream | None:
-        """The stream a peer frame names; None for a stream already closed and forgotten
-        (the frame is then a late retransmission and changes nothing)."""
+        """The stream a peer frame names, creating it (and all lower ones of its type)
+        if the peer opens it now. None for a stream already closed and forgotten: the
+        frame is then a late retransmission and changes nothing."""
         stream = self.streams.get(sid)
+        local = stream_is_local(sid, self.is_client)
+        uni = stream_is_uni(sid)
+        # RFC 9000 §19.5, §19.8, §19.10: a frame for the half a uni stream lacks.
+        if uni and (frame_type in _RECV_FRAMES if local else frame_type in _SEND_FRAMES):
+            raise QuicError(
+                TransportError.STREAM_STATE_ERROR, frame_type, "wrong direction for stream"
+            )
         if stream is not None:
             return stream
-        uni = stream_is_uni(sid)
-        index = sid >> 2
-        if stream_is_local(sid, self.is_client):
+        index = stream_index(sid)
+        if local:
             if index >= self.next_local[uni]:
                 raise QuicError(
                     TransportError.STREAM_STATE_ERROR, frame_type, "stream not opened by us"
@@ -644,13 +963,14 @@ class StreamManager:
                 TransportError.STREAM_LIMIT_ERROR, frame_type, "peer exceeded its stream limit"
             )
         if index < self.next_peer[uni]:
-            return None  # opened and closed already
-        while self.next_peer[uni] <= index:
-            self._create(self._sid(self.next_peer[uni], uni, local=False))
-            self.next_peer[uni] += 1
+            return None
+        self._open_upto(index, uni, local=False)
         return self.streams[sid]
 
+    # limits
+
     def on_max_streams(self, bidi: bool, maximum: int) -> bool:
+        """MAX_STREAMS from the peer; True when it raised the limit."""
         uni = not bidi
         if maximum > self.peer_max[uni]:
             self.peer_max[uni] = maximum
@@ -661,8 +981,8 @@ class StreamManager:
         return self.local_max[uni]
 
     def max_streams_update(self, uni: bool) -> int | None:
-        """Raise our MAX_STREAMS as peer streams close, keeping the peer's allowance near
-        its initial size; announced once half of it is used up."""
+        """Raise our MAX_STREAMS as peer streams close, so that the peer may always have
+        its initial allowance open; announced once half of it has been used up."""
         initial = self.local_initial[uni]
         target = self.closed_peer[uni] + initial
         if target - self.local_max[uni] >= max(1, initial // 2):
@@ -671,16 +991,16 @@ class StreamManager:
         return None
 
     def window_updates(self) -> list[Stream]:
-        """Streams whose larger receive window must be announced (MAX_STREAM_DATA)."""
-        due = []
-        for stream in self.streams.values():
-            recv = stream.recv
-            if recv is not None and recv.update_pending:
-                recv.update_pending = False
-                due.append(stream)
-        return due
+        """Streams whose larger receive window must be announced (MAX_STREAM_DATA);
+        their ``recv.max_stream_data`` holds the new limit."""
+        return [
+            stream
+            for stream in self.streams.values()
+            if stream.recv is not None and stream.recv.max_stream_data_update() is not None
+        ]
 
     def maybe_forget(self, sid: int) -> None:
+        """Drop a stream whose halves are both done, counting it toward MAX_STREAMS."""
         stream = self.streams.get(sid)
         if stream is None or not stream.finished:
             return
