@@ -516,7 +516,11 @@ class Connection:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.RESET_STREAM, "no receive side"
             )
-        self.flow_recv.on_received(stream.recv.on_reset(frame.error_code, frame.final_size))
+        grown = stream.recv.on_reset(frame.error_code, frame.final_size)
+        self.flow_recv.on_received(grown, FrameType.RESET_STREAM)
+        # Bytes the reset dropped unread will never be consumed by the application:
+        # release their connection-level credit, or the window shrinks for good.
+        self.flow_recv.on_consumed(stream.recv.discarded)
         self.readable[frame.stream_id] = None
         self._notify_stream(
             frame.stream_id,
@@ -544,6 +548,7 @@ class Connection:
                 frame.error_code,
                 final_size,
             )
+            self.streams.maybe_forget(frame.stream_id)
         return True
 
     def _on_max_data(self, frame: MaxData, level: int, now: float) -> bool:
@@ -1231,6 +1236,7 @@ class Connection:
         frame = ResetStream(sid, error_code, final_size)
         self.control.append((frame, (REC_CONTROL, frame)))
         self.sending.pop(sid, None)
+        self.streams.maybe_forget(sid)
 
     def stop_sending(self, sid: int, error_code: int) -> None:
         stream = self.streams.get(sid)

@@ -311,3 +311,29 @@ def test_frames_for_a_closed_stream_are_ignored() -> None:
     ):
         assert Connection._handlers[type(frame)](pair.server, frame, APP, pair.now)
     assert pair.server.state == State.ESTABLISHED
+
+
+def test_peer_reset_releases_connection_credit() -> None:
+    """Unread bytes a RESET_STREAM drops must not keep holding connection credit."""
+    pair = Pair(initial_max_data=40_000, initial_max_stream_data_bidi_remote=40_000)
+    pair.handshake()
+    client = pair.client
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, bytes(30_000), False, True)
+    pair.run_until(
+        lambda: (
+            pair.server.streams.get(sid) is not None
+            and pair.server.streams.get(sid).recv.readable >= 30_000
+        )
+    )
+    client.reset_stream(sid, 7)
+    pair.run_until(
+        lambda: (
+            pair.server.streams.get(sid) is None
+            or pair.server.streams.get(sid).recv.reset_code is not None
+        )
+    )
+    assert pair.server.flow_recv.consumed >= 30_000
+    while pair.server.read_stream(65536) is not None:
+        pass  # the application sees the reset stream end
+    transfer(pair, 100_000)  # more than the initial window: credit keeps flowing
