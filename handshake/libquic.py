@@ -1,17 +1,27 @@
 """The QUIC handshake over a socket, as lxin/quic's libquic does it: GnuTLS makes and
-reads the TLS messages; the socket carries them per crypto level and takes the secrets
-and the transport-parameter extension through socket options.
+reads the TLS 1.3 messages, the socket carries them per crypto level and takes the
+secrets and transport parameters.
 
-The driver depends only on :class:`HandshakeSocket`, four operations that a real
-:class:`quic.socket.QuicSocket` offers and that the handshake agent proxies for a
-consumer's socket, so the same code runs in an application and in ``kquic-tlshd``.
+The driver needs only the four operations of ``HandshakeSocket`` and the constants of
+``quic.uapi``, so the same code runs over a real QUIC socket, the agent's proxied
+socket, or an in-memory pair in tests.
+
+Errors are raised, not returned: ``HandshakeError`` for a TLS failure (its ``code`` is
+the QUIC CRYPTO_ERROR 0x100 + alert), ``TimeoutError`` when the deadline passes, and
+``OSError`` from the socket. The GnuTLS session is freed on every path.
+
+A failed handshake leaves its error on the socket with ``QUIC_SOCKOPT_CONNECTION_CLOSE``
+(code 0x100 + alert, phrase = the alert's name) so that closing the socket tells the
+peer why; a peer that reads such a close reports it as a ``HandshakeError`` too.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,95 +33,133 @@ from quic import uapi
 
 from . import gnutls
 
-QUIC_ALERT_BASE = 0x100
+log = logging.getLogger(__name__)
+
+QUIC_CRYPTO_LEVEL = {
+    gnutls.GNUTLS_ENCRYPTION_LEVEL_INITIAL: uapi.QUIC_CRYPTO_INITIAL,
+    gnutls.GNUTLS_ENCRYPTION_LEVEL_EARLY: uapi.QUIC_CRYPTO_EARLY,
+    gnutls.GNUTLS_ENCRYPTION_LEVEL_HANDSHAKE: uapi.QUIC_CRYPTO_HANDSHAKE,
+    gnutls.GNUTLS_ENCRYPTION_LEVEL_APPLICATION: uapi.QUIC_CRYPTO_APP,
+}
+GNUTLS_LEVEL = {q: g for g, q in QUIC_CRYPTO_LEVEL.items()}
+LEVEL_NAME = {
+    uapi.QUIC_CRYPTO_INITIAL: "INITIAL",
+    uapi.QUIC_CRYPTO_EARLY: "EARLY",
+    uapi.QUIC_CRYPTO_HANDSHAKE: "HANDSHAKE",
+    uapi.QUIC_CRYPTO_APP: "APP",
+}
+
+TLS_ALERT_MISSING_EXTENSION = 109
 DEFAULT_TIMEOUT = 30.0
 
 
 class HandshakeSocket(Protocol):
-    """What the handshake needs from a QUIC socket."""
+    """The socket operations the handshake uses. ``level`` is always ``SOL_QUIC``; it is
+    kept so that a QUIC socket's own ``setsockopt``/``getsockopt`` fit unchanged."""
 
-    def recv_handshake(self, timeout: float) -> tuple[int, bytes]: ...
+    def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
+        """(crypto level, CRYPTO bytes); TimeoutError if none in time, OSError if dead."""
+        ...
 
     def send_handshake(self, level: int, data: bytes, more: bool) -> None: ...
 
     def setsockopt(self, level: int, optname: int, value: bytes) -> None: ...
 
-    def getsockopt(self, level: int, optname: int, buflen: int | bytes = 0) -> bytes: ...
+    def getsockopt(self, level: int, optname: int, buflen: int) -> bytes: ...
 
 
 class HandshakeError(Exception):
-    """The TLS handshake failed; ``code`` is the QUIC error (0x100 + TLS alert)."""
+    """A TLS failure. ``code`` is the QUIC error (0x100 + TLS alert)."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.alert = code - QUIC_ALERT_BASE if code >= QUIC_ALERT_BASE else None
+    def __init__(self, alert: int, reason: str, gnutls_code: int = 0) -> None:
+        self.alert = alert
+        self.code = uapi.QUIC_TRANSPORT_ERROR_CRYPTO + alert
+        self.alert_name = gnutls.alert_name(alert)
+        self.reason = reason
+        self.gnutls_code = gnutls_code
+        super().__init__(self.code, reason)
+
+    def __str__(self) -> str:
+        return f"{self.reason} (TLS alert {self.alert_name}, QUIC error 0x{self.code:x})"
 
 
 @dataclass
 class HandshakeParams:
-    """What libquic and tlshd take for one handshake."""
+    """What libquic and tlshd take. Unset fields fall back to the socket (ALPN, role,
+    server ticket key) or to the system (trust store, SSLKEYLOGFILE)."""
 
-    is_server: bool | None = None  # None: ask the socket (getsockopt TOKEN fails on a server)
+    is_server: bool | None = None  # None: a server socket refuses getsockopt(TOKEN)
     cert_file: str | None = None
     key_file: str | None = None
     cert_pem: bytes | None = None
     key_pem: bytes | None = None
-    ca_file: str | None = None  # None: the system trust store
-    insecure: bool = False  # client: skip certificate verification (tests, interop)
-    server_name: str | None = None
-    alpns: str = ""  # comma list, as QUIC_SOCKOPT_ALPN
+    ca_file: str | None = None  # None and no ca_pem: the system trust store
+    ca_pem: bytes | None = None
+    insecure: bool = False  # client: accept any server certificate
+    server_name: str | None = None  # SNI and the name verified (DNS name or IP address)
+    alpns: str | None = None  # comma list; None: getsockopt(QUIC_SOCKOPT_ALPN)
     psk_identity: str | None = None
     psk_key: bytes | None = None
-    psk_file: str | None = None  # lines "identity:hexkey"
-    session_data: bytes | None = None  # client: resume from this
-    cert_request: int = gnutls.GNUTLS_CERT_IGNORE  # server: 0 ignore, 1 request, 2 require
-    cipher: int = 0  # TLS_CIPHER_* to pin, 0 for any
-    early_data: bool = False
+    psk_file: str | None = None  # "identity:hexkey" lines; a client uses the first
+    session_data: bytes | None = None  # client: resume this session
     receive_ticket: float = 0.0  # client: seconds to wait for a NewSessionTicket
+    ticket_key: bytes | None = None  # server: 64 bytes; None: getsockopt(SESSION_TICKET)
+    send_ticket: bool = True  # server: send one NewSessionTicket after the handshake
+    cert_request: int = gnutls.GNUTLS_CERT_IGNORE  # server: 0 ignore, 1 request, 2 require
+    cipher: int = 0  # one TLS_CIPHER_*, or 0 for any
+    early_data: bool = False  # client: send 0-RTT when resuming; server: accept it
     timeout: float = DEFAULT_TIMEOUT
-    keylog: Callable[[str], None] | None = None
+    keylog: Callable[[str], None] | str | None = None  # NSS key log lines, or a file
 
 
 @dataclass
 class HandshakeResult:
+    is_server: bool
     alpn: str
-    cipher: int
+    cipher: int  # TLS_CIPHER_*
     resumed: bool
-    early_data_accepted: bool
-    peer_identity: str
-    session_data: bytes | None = None
-    secrets_installed: list[tuple[int, int]] = field(default_factory=list)  # (level, send)
+    early_data: bool  # 0-RTT was accepted
+    peer_subject: str | None = None
+    peer_certificate: bytes | None = field(default=None, repr=False)
+    psk_identity: str | None = None
+    session_data: bytes | None = field(default=None, repr=False)  # client, from a ticket
 
 
 def read_psk_file(path: str) -> dict[str, bytes]:
-    """libquic's PSK file: one ``identity:hexkey`` per line."""
-    keys = {}
-    with open(path) as f:
-        for line in f:
+    """libquic's (and GnuTLS's) PSK file: ``identity:hexkey`` a line, in file order."""
+    keys: dict[str, bytes] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            identity, _, hexkey = line.partition(":")
+            identity, sep, hexkey = line.rpartition(":")
             try:
+                if not sep or not identity:
+                    raise ValueError("expected identity:hexkey")
                 keys[identity] = bytes.fromhex(hexkey)
-            except ValueError:
-                raise ValueError(f"{path}: bad key for identity {identity!r}") from None
+            except ValueError as exc:
+                raise ValueError(f"{path}:{n}: {exc}") from None
     if not keys:
-        raise ValueError(f"{path}: no PSK identities")
+        raise ValueError(f"{path}: no PSK in file")
     return keys
 
 
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+_keylog_lock = threading.Lock()
+
+
+def _keylog_file(path: str) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        with _keylog_lock, open(path, "a", encoding="ascii") as f:
+            f.write(line + "\n")
+
+    return write
 
 
 def _is_server(sock: HandshakeSocket) -> bool:
+    """libquic's test: only a client socket can read a NEW_TOKEN token."""
     try:
-        sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, 256)
+        sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, uapi.QUIC_TOKEN_MAX_LEN)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return True
@@ -119,222 +167,341 @@ def _is_server(sock: HandshakeSocket) -> bool:
     return False
 
 
-def _keylog_writer() -> Callable[[str], None] | None:
-    """SSLKEYLOGFILE, in the NSS key log format Wireshark reads."""
-    path = os.environ.get("SSLKEYLOGFILE")
-    if not path:
+def _subject(der: bytes) -> str | None:
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
         return None
 
-    def write(line: str) -> None:
-        with open(path, "a") as f:
-            f.write(line + "\n")
 
-    return write
-
-
-class _Driver:
-    """One handshake: GnuTLS session, socket, and the bookkeeping between them."""
+class _Handshake:
+    """One handshake: the GnuTLS session's handler and the loop that drives it."""
 
     def __init__(self, sock: HandshakeSocket, params: HandshakeParams) -> None:
         self.sock = sock
-        self.params = params
+        self.p = params
         self.is_server = _is_server(sock) if params.is_server is None else params.is_server
-        self.outgoing: list[tuple[int, bytes]] = []
-        self.installed: list[tuple[int, int]] = []
-        self.app_read_installed = False
+        self.session: gnutls.Session | None = None
+        self.outbox: list[tuple[int, bytes]] = []
         self.alert: int | None = None
-        self.alert_received = False
-        self.creds: list[gnutls.Credentials] = []
-        self.ticket: bytes | None = None
+        self.psk_table: dict[str, bytes] = {}
+        self.tp_received = False
+        self.rx_levels: set[int] = set()
+        self.received_any = False
+        self.keylog: Callable[[str], None] | None = None
 
-    # GnuTLS hooks
+    # -- SessionHandler ------------------------------------------------
 
     def on_secret(self, level: int, read: bytes | None, write: bytes | None) -> None:
-        # Messages produced before a new key must leave first, under the old key.
-        self.flush()
-        cipher = (
-            self.session.early_cipher()
-            if level == uapi.QUIC_CRYPTO_EARLY
-            else self.session.cipher()
-        )
-        for send, secret in ((1, write), (0, read)):
+        session = self._session()
+        qlevel = QUIC_CRYPTO_LEVEL[level]
+        early = level == gnutls.GNUTLS_ENCRYPTION_LEVEL_EARLY
+        cipher = session.early_cipher() if early else session.cipher()
+        for send, secret in ((0, read), (1, write)):
             if secret is None:
                 continue
-            record = uapi.QuicCryptoSecret(send, level, 0, cipher, secret.ljust(48, b"\0"))
+            record = uapi.QuicCryptoSecret(
+                send, qlevel, 0, cipher, secret.ljust(uapi.QUIC_CRYPTO_SECRET_BUFFER_SIZE, b"\0")
+            )
             self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CRYPTO_SECRET, record.pack())
-            self.installed.append((level, send))
-            if level == uapi.QUIC_CRYPTO_APP and not send:
-                self.app_read_installed = True
+            if not send:
+                self.rx_levels.add(qlevel)
 
     def on_message(self, level: int, data: bytes) -> None:
-        self.outgoing.append((level, data))
+        self.outbox.append((QUIC_CRYPTO_LEVEL[level], data))
 
-    def on_alert(self, alert: int) -> None:
-        self.alert = alert
+    def on_alert(self, level: int, alert: int) -> None:
+        if self.alert is None:
+            self.alert = alert
 
     def get_transport_params(self) -> bytes:
-        return self.sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT, 512)
+        return self.sock.getsockopt(
+            uapi.SOL_QUIC,
+            uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT,
+            uapi.QUIC_TRANSPORT_PARAM_EXT_MAX_LEN,
+        )
 
     def on_transport_params(self, data: bytes) -> None:
         self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT, data)
+        self.tp_received = True
 
     def on_client_hello(self) -> None:
-        # tlshd writes the selected ALPN back before the server's flight leaves, so the
-        # socket knows its application protocol as early as the kernel would.
-        alpn = self.session.selected_alpn()
+        """Server: the ALPN is chosen; the socket learns it before any secret exists."""
+        alpn = self._session().selected_alpn()
         if alpn:
             self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn)
 
-    # plumbing
+    def on_keylog(self, label: str, secret: bytes) -> None:
+        if self.keylog is not None:
+            random = self._session().client_random()
+            self.keylog(f"{label} {random.hex()} {secret.hex()}")
 
-    def flush(self) -> None:
-        out, self.outgoing = self.outgoing, []
-        for i, (level, data) in enumerate(out):
-            self.sock.send_handshake(level, data, i < len(out) - 1)
+    def psk_lookup(self, identity: str) -> bytes | None:
+        return self.psk_table.get(identity)
+
+    def _session(self) -> gnutls.Session:
+        assert self.session is not None
+        return self.session
+
+    # -- setup ---------------------------------------------------------
+
+    def _alpns(self) -> list[bytes]:
+        alpns = self.p.alpns
+        if alpns is None:
+            raw = self.sock.getsockopt(
+                uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, uapi.QUIC_ALPN_MAX_LEN
+            )
+            alpns = raw.rstrip(b"\0").decode()
+        return [a.strip().encode() for a in alpns.split(",") if a.strip()]
+
+    def _flags(self) -> int:
+        p = self.p
+        if self.is_server:
+            flags = gnutls.GNUTLS_SERVER | gnutls.GNUTLS_NO_AUTO_SEND_TICKET
+            if p.early_data:
+                flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA
+        else:
+            flags = gnutls.GNUTLS_CLIENT
+            if p.early_data and p.session_data:
+                flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA
+        return flags | gnutls.GNUTLS_NO_END_OF_EARLY_DATA | gnutls.GNUTLS_NO_SIGNAL
+
+    def _use_psk(self) -> bool:
+        p = self.p
+        return bool(p.psk_file or p.psk_key is not None)
 
     def setup(self) -> gnutls.Session:
-        p = self.params
-        flags = gnutls.GNUTLS_SERVER if self.is_server else gnutls.GNUTLS_CLIENT
+        p = self.p
+        session = self.session = gnutls.Session(self._flags(), self)
+        session.set_priority(gnutls.quic_priority(p.cipher))
+        if self._use_psk():
+            self._setup_psk(session)
+        else:
+            self._setup_x509(session)
+        alpns = self._alpns()
+        if alpns:
+            session.set_alpn(alpns)
         if self.is_server:
-            flags |= gnutls.GNUTLS_NO_AUTO_SEND_TICKET
+            if p.send_ticket or p.early_data:
+                session.enable_ticket_server(self._ticket_key())
             if p.early_data:
-                # QUIC has no EndOfEarlyData message (RFC 9001 §8.3).
-                flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA | gnutls.GNUTLS_NO_END_OF_EARLY_DATA
-        elif p.early_data or p.session_data:
-            flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA | gnutls.GNUTLS_NO_END_OF_EARLY_DATA
-        session = gnutls.Session(flags)
-        self.session = session
-        session.on_secret = self.on_secret
-        session.on_message = self.on_message
-        session.on_alert = self.on_alert
-        session.get_transport_params = self.get_transport_params
-        session.on_transport_params = self.on_transport_params
-        session.on_client_hello = self.on_client_hello
-        session.set_priority(p.cipher)
-        self._credentials(session)
-        alpns = p.alpns or self.sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, 128).decode()
-        session.set_alpn([a.strip().encode() for a in alpns.split(",") if a.strip()])
-        keylog = p.keylog or _keylog_writer()
-        if keylog is not None:
-            session.set_keylog(keylog)
-        if self.is_server:
-            key = self.sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 64)
-            session.enable_tickets(key[:64].ljust(64, b"\0"))
-            if p.early_data:
-                session.enable_early_data()
+                session.enable_early_data_server()
         elif p.session_data:
             session.set_session_data(p.session_data)
+        keylog = p.keylog if p.keylog is not None else os.environ.get("SSLKEYLOGFILE")
+        if keylog:
+            self.keylog = _keylog_file(keylog) if isinstance(keylog, str) else keylog
+            session.enable_keylog()
         return session
 
-    def _credentials(self, session: gnutls.Session) -> None:
-        p = self.params
-        psk_keys = read_psk_file(p.psk_file) if p.psk_file else None
-        if p.psk_identity and p.psk_key is not None:
-            psk_keys = {p.psk_identity: p.psk_key}
-        if psk_keys is not None:
-            if self.is_server:
-                creds = gnutls.Credentials.psk_server(psk_keys)
-            else:
-                identity, key = next(iter(psk_keys.items()))
-                creds = gnutls.Credentials.psk_client(identity, key)
-            self.creds.append(creds)
-            session.set_credentials(creds)
-            if self.is_server:
-                return
-        cert = p.cert_pem or _read(p.cert_file)
-        key = p.key_pem or _read(p.key_file)
-        ca = _read(p.ca_file)
-        creds = gnutls.Credentials.certificate(
-            cert, key, ca, system_trust=ca is None and not p.insecure
-        )
-        self.creds.append(creds)
-        session.set_credentials(creds)
-        if self.is_server:
-            session.request_client_certificate(p.cert_request)
+    def _setup_psk(self, session: gnutls.Session) -> None:
+        p = self.p
+        if p.psk_file:
+            table = read_psk_file(p.psk_file)
         else:
-            if p.server_name and not _is_ip(p.server_name):
-                session.set_server_name(p.server_name)  # SNI never carries an address
-            if not p.insecure and psk_keys is None:
-                session.verify_peer(p.server_name)
+            assert p.psk_key is not None
+            table = {p.psk_identity or "": p.psk_key}
+        if self.is_server:
+            self.psk_table = table
+            session.set_credentials(gnutls.PskServerCredentials())
+        else:
+            identity, key = next(iter(table.items()))
+            session.set_credentials(gnutls.PskClientCredentials(identity, key))
 
-    def fail(self, exc: gnutls.GnutlsError) -> HandshakeError:
-        alert = self.alert if self.alert is not None else gnutls.error_to_alert(exc.code)
-        return HandshakeError(
-            QUIC_ALERT_BASE + alert, f"TLS handshake failed: {exc} ({gnutls.alert_name(alert)})"
-        )
+    def _setup_x509(self, session: gnutls.Session) -> None:
+        p = self.p
+        creds = gnutls.CertificateCredentials()
+        session.set_credentials(creds)
+        if p.cert_file:
+            creds.set_key_file(p.cert_file, p.key_file or p.cert_file)
+        elif p.cert_pem:
+            creds.set_key_mem(p.cert_pem, p.key_pem or p.cert_pem)
+        elif self.is_server:
+            raise ValueError("a certificate server needs cert_file or cert_pem")
+        verify = p.cert_request if self.is_server else not p.insecure
+        if verify:
+            if p.ca_file:
+                creds.set_trust_file(p.ca_file)
+            elif p.ca_pem:
+                creds.set_trust_mem(p.ca_pem)
+            else:
+                creds.set_system_trust()
+        if self.is_server:
+            session.set_cert_request(p.cert_request)
+            if p.cert_request == gnutls.GNUTLS_CERT_REQUIRE:
+                session.set_verify_cert(None)
+            elif p.cert_request:
+                session.set_verify_optional()
+            return
+        name = p.server_name
+        if name and not _is_ip(name):
+            session.set_server_name(name)
+        if verify:
+            session.set_verify_cert(name)
+
+    def _ticket_key(self) -> bytes:
+        if self.p.ticket_key:
+            return self.p.ticket_key
+        try:
+            key = self.sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 64)
+        except OSError:
+            key = b""
+        return key if len(key) == 64 else gnutls.generate_ticket_key()
+
+    # -- the loop ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what GnuTLS produced in one step as one flight: MSG_MORE on all but the
+        last message, so the socket packs them together."""
+        out, self.outbox = self.outbox, []
+        last = len(out) - 1
+        for i, (level, data) in enumerate(out):
+            self.sock.send_handshake(level, data, i < last)
+
+    def step(self, session: gnutls.Session) -> bool:
+        done = session.handshake() == 0
+        self.flush()
+        return done
+
+    def recv(self, deadline: float, what: Callable[[], str]) -> tuple[int, bytes]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(errno.ETIMEDOUT, self._timeout_text(what()))
+        try:
+            level, data = self.sock.recv_handshake(remaining)
+        except TimeoutError:
+            raise TimeoutError(errno.ETIMEDOUT, self._timeout_text(what())) from None
+        if level not in GNUTLS_LEVEL:
+            raise HandshakeError(gnutls.GNUTLS_A_INTERNAL_ERROR, f"unknown crypto level {level}")
+        self.received_any = True
+        return level, data
+
+    def _timeout_text(self, what: str) -> str:
+        return f"QUIC handshake timed out after {self.p.timeout:g}s waiting for {what}"
+
+    def _waiting_for(self) -> str:
+        if self.is_server:
+            if not self.received_any:
+                return "the client's ClientHello"
+            if uapi.QUIC_CRYPTO_HANDSHAKE not in self.rx_levels:
+                return "the rest of the client's ClientHello"
+            return "the client's Finished"
+        if uapi.QUIC_CRYPTO_HANDSHAKE not in self.rx_levels:
+            return "the server's ServerHello"
+        return "the server's handshake flight (through Finished)"
 
     def run(self) -> HandshakeResult:
-        p = self.params
-        deadline = time.monotonic() + p.timeout
+        deadline = time.monotonic() + self.p.timeout
         session = self.setup()
-        try:
-            done = self._step(session.handshake)
-            while not (done and (self.app_read_installed or self.is_server)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        errno.ETIMEDOUT, "TLS handshake timed out waiting for the peer"
-                    )
-                try:
-                    level, data = self.sock.recv_handshake(remaining)
-                except TimeoutError:
-                    raise TimeoutError(
-                        errno.ETIMEDOUT, "TLS handshake timed out waiting for the peer"
-                    ) from None
-                self._step(lambda lvl=level, d=data: session.feed(lvl, d))
-                done = self._step(session.handshake)
-            if self.is_server:
-                self._step(session.send_ticket)
-            elif p.receive_ticket:
-                self._wait_ticket(
-                    session, min(p.receive_ticket, max(0.0, deadline - time.monotonic()))
-                )
-            return self._result(session)
-        finally:
-            session.close()
-            for creds in self.creds:
-                creds.close()
-
-    def _step(self, action: Callable[[], bool | None]) -> bool:
-        try:
-            result = action()
-        except gnutls.GnutlsError as exc:
-            self.flush()  # an alert may have been produced for the peer
-            raise self.fail(exc) from None
-        self.flush()
-        if self.alert is not None:
+        done = self.step(session)
+        while not (done and uapi.QUIC_CRYPTO_APP in self.rx_levels):
+            level, data = self.recv(deadline, self._waiting_for)
+            session.handshake_write(GNUTLS_LEVEL[level], data)
+            done = self.step(session)
+        if not self.tp_received:
             raise HandshakeError(
-                QUIC_ALERT_BASE + self.alert, f"TLS alert: {gnutls.alert_name(self.alert)}"
+                TLS_ALERT_MISSING_EXTENSION, "the peer sent no quic_transport_parameters"
             )
-        return bool(result)
+        alpn = session.selected_alpn() or b""
+        session_data = None
+        if self.is_server:
+            if self.p.send_ticket:
+                session.send_ticket()
+                self.flush()
+        else:
+            if alpn:
+                self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn)
+            if self.p.receive_ticket > 0:
+                session_data = self._receive_ticket(session)
+        return self._result(session, alpn, session_data)
 
-    def _wait_ticket(self, session: gnutls.Session, timeout: float) -> None:
-        """A client's NewSessionTicket arrives after the handshake, at the APP level."""
-        try:
-            level, data = self.sock.recv_handshake(timeout)
-        except TimeoutError:
-            return
-        if level == uapi.QUIC_CRYPTO_APP:
-            self._step(lambda: session.feed(level, data))
-            self.ticket = session.session_data()
+    def _receive_ticket(self, session: gnutls.Session) -> bytes | None:
+        """Client: the server sends its NewSessionTicket right after the handshake; wait
+        a bounded time for it, as quic_config's receive_session_ticket does."""
+        deadline = time.monotonic() + self.p.receive_ticket
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                level, data = self.sock.recv_handshake(remaining)
+            except TimeoutError:
+                break
+            if level != uapi.QUIC_CRYPTO_APP:
+                continue
+            try:
+                session.handshake_write(GNUTLS_LEVEL[level], data)
+                ticket = session.session_data()
+            except gnutls.GnutlsError as exc:  # the handshake itself has succeeded
+                log.warning("unusable session ticket: %s", exc)
+                return None
+            if ticket:
+                return ticket
+        log.debug("no session ticket within %gs", self.p.receive_ticket)
+        return None
 
-    def _result(self, session: gnutls.Session) -> HandshakeResult:
-        alpn = session.selected_alpn()
-        if alpn and not self.is_server:
-            self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn)
-        identity = session.psk_username() if self.is_server else ""
-        if not identity:
-            certs = session.peer_certificates()
-            identity = _subject(certs[0]) if certs else ""
+    def _result(
+        self, session: gnutls.Session, alpn: bytes, session_data: bytes | None
+    ) -> HandshakeResult:
+        der = session.peer_certificate()
+        if self._use_psk():
+            psk = session.psk_username() if self.is_server else self._client_psk_identity()
+        else:
+            psk = None
         return HandshakeResult(
-            alpn=alpn.decode(),
+            is_server=self.is_server,
+            alpn=alpn.decode(errors="replace"),
             cipher=session.cipher(),
-            resumed=session.resumed(),
-            early_data_accepted=session.early_data_accepted(),
-            peer_identity=identity,
-            session_data=self.ticket,
-            secrets_installed=list(self.installed),
+            resumed=session.is_resumed(),
+            early_data=session.early_data_accepted(),
+            peer_subject=_subject(der) if der else None,
+            peer_certificate=der,
+            psk_identity=psk,
+            session_data=session_data,
         )
+
+    def _client_psk_identity(self) -> str:
+        if self.p.psk_file:
+            return next(iter(read_psk_file(self.p.psk_file)))
+        return self.p.psk_identity or ""
+
+    # -- failures ------------------------------------------------------
+
+    def tls_error(self, exc: gnutls.GnutlsError) -> HandshakeError:
+        alert = self.alert
+        if alert is None:
+            alert = gnutls.error_to_alert(exc.code)
+        if alert is None:
+            alert = gnutls.GNUTLS_A_INTERNAL_ERROR
+        reason = exc.message
+        verify_codes = (
+            gnutls.GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR,
+            gnutls.GNUTLS_E_CERTIFICATE_ERROR,
+        )
+        if exc.code in verify_codes and self.session:
+            status = self.session.verify_status_text()
+            if status:
+                reason = f"{reason} {status}"
+        return HandshakeError(alert, reason, exc.code)
+
+    def peer_error(self) -> HandshakeError | None:
+        """The peer's CRYPTO_ERROR close, if the socket died of one."""
+        try:
+            raw = self.sock.getsockopt(
+                uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE, uapi.QuicConnectionClose.size()
+            )
+            info = uapi.QuicConnectionClose.unpack(raw)
+        except (OSError, ValueError):
+            return None
+        alert = info.errcode - uapi.QUIC_TRANSPORT_ERROR_CRYPTO
+        if not 0 <= alert <= 0xFF:
+            return None
+        return HandshakeError(alert, f"the peer aborted the handshake: {info.reason}")
+
+    def report(self, err: HandshakeError) -> None:
+        """Leave the error for CONNECTION_CLOSE, as the kernel sends it on close()."""
+        record = uapi.QuicConnectionClose(err.code, 0, err.alert_name.encode()[:64])
+        try:
+            self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE, record.pack())
+        except OSError:
+            pass
 
 
 def _is_ip(name: str) -> bool:
@@ -345,16 +512,31 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def _subject(der: bytes) -> str:
-    try:
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except ValueError:
-        return ""
-
-
 def quic_handshake(sock: HandshakeSocket, params: HandshakeParams) -> HandshakeResult:
-    """Run a whole handshake on ``sock``; raises HandshakeError, TimeoutError or OSError."""
-    return _Driver(sock, params).run()
+    """Run one TLS 1.3 handshake over ``sock``; the role comes from the socket unless
+    ``params.is_server`` says. Raises HandshakeError, TimeoutError or OSError."""
+    hs = _Handshake(sock, params)
+    try:
+        try:
+            return hs.run()
+        except gnutls.GnutlsError as exc:
+            err = hs.tls_error(exc)
+            hs.report(err)
+            raise err from None
+        except HandshakeError as err:
+            hs.report(err)
+            raise
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            peer = hs.peer_error()
+            if peer is not None:
+                raise peer from exc
+            raise
+    finally:
+        if hs.session is not None:
+            hs.session.close()
+            hs.session = None
 
 
 def quic_client_handshake(
@@ -362,13 +544,13 @@ def quic_client_handshake(
     pkey_file: str | None = None,
     hostname: str | None = None,
     alpns: str | None = None,
-    **extras,
+    **more: object,
 ) -> HandshakeResult:
-    """libquic's client call: ``pkey_file`` is a PSK file (``identity:hexkey``); without
-    it the server is verified by certificate against ``hostname``."""
+    """libquic's client call: ``pkey_file`` is a PSK file (first line used), else X.509
+    with ``hostname`` as SNI and verified name. ``more`` sets other HandshakeParams."""
     params = HandshakeParams(
-        is_server=False, psk_file=pkey_file, server_name=hostname, alpns=alpns or "", **extras
-    )
+        is_server=False, psk_file=pkey_file, server_name=hostname, alpns=alpns, **more
+    )  # type: ignore[arg-type]
     return quic_handshake(sock, params)
 
 
@@ -377,14 +559,14 @@ def quic_server_handshake(
     pkey_file: str | None = None,
     cert_file: str | None = None,
     alpns: str | None = None,
-    **extras,
+    **more: object,
 ) -> HandshakeResult:
     """libquic's server call: with ``cert_file``, ``pkey_file`` is its private key;
-    without, ``pkey_file`` is a PSK file."""
+    without, ``pkey_file`` is a PSK file of ``identity:hexkey`` lines."""
     if cert_file:
         params = HandshakeParams(
-            is_server=True, cert_file=cert_file, key_file=pkey_file, alpns=alpns or "", **extras
-        )
+            is_server=True, cert_file=cert_file, key_file=pkey_file, alpns=alpns, **more
+        )  # type: ignore[arg-type]
     else:
-        params = HandshakeParams(is_server=True, psk_file=pkey_file, alpns=alpns or "", **extras)
+        params = HandshakeParams(is_server=True, psk_file=pkey_file, alpns=alpns, **more)  # type: ignore[arg-type]
     return quic_handshake(sock, params)

@@ -1,13 +1,15 @@
-"""TLS 1.3 from the system GnuTLS, driven over an in-memory stand-in for a QUIC socket.
-
-Two handshakes run in two threads, connected back to back; the stand-in records what a
-QUIC socket would be told (secrets, transport parameters, ALPN)."""
+"""The handshake library end to end in memory: a client and a server driver joined back to
+back by ``MemorySocket``, each in its own thread, every wait bounded."""
 
 from __future__ import annotations
 
 import errno
+import gc
 import queue
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 
@@ -15,29 +17,38 @@ from handshake import gnutls
 from handshake.libquic import (
     HandshakeError,
     HandshakeParams,
+    HandshakeResult,
     quic_client_handshake,
     quic_handshake,
     quic_server_handshake,
+    read_psk_file,
 )
 from quic import uapi
-from tests.certs import make_pki
+from tests.certs import Pki, issue, load_issuer, make_pki, write_pair
 
-NO_APPLICATION_PROTOCOL = 0x100 + 120
-TIMEOUT = 5.0
+JOIN = 20.0  # no handshake here takes more than a fraction of this
+ALERT_NO_APPLICATION_PROTOCOL = 120
+
+Tamper = Callable[[int, bytes], bytes | None]
 
 
 class MemorySocket:
-    """The four HandshakeSocket operations over queues, recording what they are told."""
+    """One end of an in-memory handshake channel implementing HandshakeSocket. It records
+    each secret installed, the peer's transport parameters and the ALPN written back."""
 
-    def __init__(self, is_server: bool, transport_params: bytes) -> None:
+    def __init__(self, is_server: bool, alpn: str = "", tp: bytes = b"") -> None:
         self.is_server = is_server
-        self.transport_params = transport_params
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
         self.peer: MemorySocket | None = None
-        self.secrets: dict[tuple[int, int], tuple[int, bytes]] = {}
-        self.peer_params: bytes | None = None
-        self.alpn = b""
-        self.tamper = None  # optional function applied to outgoing messages
+        self.alpn = alpn.encode()
+        self.local_tp = tp
+        self.peer_tp: bytes | None = None
+        self.secrets: dict[tuple[int, int], uapi.QuicCryptoSecret] = {}
+        self.sent: list[tuple[int, bytes, bool]] = []
+        self.close_record: bytes | None = None
+        self.peer_close: bytes | None = None
+        self.tamper: Tamper | None = None  # rewrites (or drops, with None) what we send
+        self.ticket_key = b""
 
     def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
         try:
@@ -45,251 +56,572 @@ class MemorySocket:
         except queue.Empty:
             raise TimeoutError(errno.ETIMEDOUT, "no handshake data") from None
         if item is None:
-            raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection")
+            raise ConnectionResetError(errno.ECONNRESET, "peer closed")
         return item
 
-    def close(self) -> None:
-        """What a failed handshake does to a QUIC socket: the peer sees the close."""
-        if self.peer is not None:
-            self.peer.inbox.put(None)
-
     def send_handshake(self, level: int, data: bytes, more: bool) -> None:
+        assert self.peer is not None
+        self.sent.append((level, data, more))
         if self.tamper is not None:
             data = self.tamper(level, data)
-        if self.peer is not None and data:
-            self.peer.inbox.put((level, data))
+            if data is None:
+                return
+        self.peer.inbox.put((level, data))
 
     def setsockopt(self, level: int, optname: int, value: bytes) -> None:
+        assert level == uapi.SOL_QUIC
         if optname == uapi.QUIC_SOCKOPT_CRYPTO_SECRET:
             rec = uapi.QuicCryptoSecret.unpack(value)
-            self.secrets[(rec.level, rec.send)] = (rec.type, rec.secret)
+            key = (rec.send, rec.level)
+            if key in self.secrets:
+                raise OSError(errno.EINVAL, "secret installed twice")
+            self.secrets[key] = rec
         elif optname == uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT:
-            self.peer_params = value
+            self.peer_tp = value
         elif optname == uapi.QUIC_SOCKOPT_ALPN:
             self.alpn = value
+        elif optname == uapi.QUIC_SOCKOPT_CONNECTION_CLOSE:
+            self.close_record = value
+            if self.peer is not None:
+                self.peer.peer_close = value
+                self.peer.inbox.put(None)
+        else:
+            raise OSError(errno.ENOPROTOOPT, "unsupported option")
 
-    def getsockopt(self, level: int, optname: int, buflen: int | bytes = 0) -> bytes:
-        if optname == uapi.QUIC_SOCKOPT_TOKEN and self.is_server:
-            raise OSError(errno.EINVAL, "a server has no token")
+    def getsockopt(self, level: int, optname: int, buflen: int) -> bytes:
+        assert level == uapi.SOL_QUIC
+        if optname == uapi.QUIC_SOCKOPT_TOKEN:
+            if self.is_server:
+                raise OSError(errno.EINVAL, "a server has no token")
+            return b""
         if optname == uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT:
-            return self.transport_params
+            return self.local_tp
+        if optname == uapi.QUIC_SOCKOPT_ALPN:
+            return self.alpn
         if optname == uapi.QUIC_SOCKOPT_SESSION_TICKET:
-            return bytes(range(64))
-        return b""
+            return self.ticket_key
+        if optname == uapi.QUIC_SOCKOPT_CONNECTION_CLOSE:
+            if self.peer_close is None:
+                raise OSError(errno.ENOTCONN, "not closed")
+            return self.peer_close
+        raise OSError(errno.ENOPROTOOPT, "unsupported option")
+
+    def secret(self, send: bool, level: int) -> bytes:
+        rec = self.secrets[(int(send), level)]
+        size = 48 if rec.type == uapi.TLS_CIPHER_AES_GCM_256 else 32
+        return rec.secret[:size]
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
+CLIENT_TP = b"\x01\x04\x80\x00\x75\x30client"
+SERVER_TP = b"\x01\x04\x80\x00\xea\x60server-parameters"
+
+
+def socket_pair(client_alpn: str = "", server_alpn: str = "") -> tuple[MemorySocket, MemorySocket]:
+    c = MemorySocket(False, client_alpn, CLIENT_TP)
+    s = MemorySocket(True, server_alpn, SERVER_TP)
+    c.peer, s.peer = s, c
+    return c, s
+
+
+@dataclass
+class Pair:
+    client: HandshakeResult | BaseException
+    server: HandshakeResult | BaseException
+    csock: MemorySocket
+    ssock: MemorySocket
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def ok(self) -> tuple[HandshakeResult, HandshakeResult]:
+        for r in (self.client, self.server):
+            if isinstance(r, BaseException):
+                raise r
+        assert isinstance(self.client, HandshakeResult)
+        assert isinstance(self.server, HandshakeResult)
+        return self.client, self.server
 
 
 def run_pair(
-    client_params: HandshakeParams,
-    server_params: HandshakeParams,
+    client: HandshakeParams,
+    server: HandshakeParams,
     *,
-    connect: bool = True,
-    tamper=None,
-):
-    client, server = MemorySocket(False, b"client-tp"), MemorySocket(True, b"server-tp")
-    if connect:
-        client.peer, server.peer = server, client
-    client.tamper = tamper
-    results: dict[str, object] = {}
+    client_tamper: Tamper | None = None,
+    server_tamper: Tamper | None = None,
+) -> Pair:
+    """Both handshakes, each in a thread; every outcome (result or exception) kept."""
+    csock, ssock = socket_pair()
+    csock.tamper, ssock.tamper = client_tamper, server_tamper
+    out: dict[str, HandshakeResult | BaseException] = {}
+
+    def run(name: str, sock: MemorySocket, params: HandshakeParams) -> None:
+        try:
+            out[name] = quic_handshake(sock, params)
+        except BaseException as exc:
+            out[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("server", ssock, server), daemon=True),
+        threading.Thread(target=run, args=("client", csock, client), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(JOIN)
+        assert not t.is_alive(), "handshake thread did not finish"
+    return Pair(out["client"], out["server"], csock, ssock)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sessions():
+    yield
+    gc.collect()
+    assert gnutls.live_sessions() == 0
+
+
+def x509_params(pki: Pki, **client: object) -> tuple[HandshakeParams, HandshakeParams]:
+    server_kw = {k[4:]: client.pop(k) for k in list(client) if k.startswith("srv_")}
+    server_kw.setdefault("cert_file", str(pki.server_cert))
+    server_kw.setdefault("key_file", str(pki.server_key))
+    c = HandshakeParams(
+        is_server=False,
+        ca_file=str(pki.ca),
+        server_name="server.test",
+        alpns="sunrpc,smb",
+        timeout=5,
+    )
+    s = HandshakeParams(is_server=True, alpns="smb", timeout=5)
+    return replace(c, **client), replace(s, **server_kw)  # type: ignore[arg-type]
+
+
+def expect_failure(pair: Pair, side: str, exc_type: type[BaseException]) -> BaseException:
+    exc = getattr(pair, side)
+    assert isinstance(exc, exc_type), f"{side}: {exc!r}"
+    return exc
+
+
+# ---------------------------------------------------------------------------
+# a full handshake
+
+
+def test_secrets_match_at_every_level(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki))
+    cres, sres = pair.ok()
+    c, s = pair.csock, pair.ssock
+    for level in (uapi.QUIC_CRYPTO_HANDSHAKE, uapi.QUIC_CRYPTO_APP):
+        assert c.secret(True, level) == s.secret(False, level)
+        assert s.secret(True, level) == c.secret(False, level)
+        assert c.secret(True, level) != c.secret(False, level)
+    assert set(c.secrets) == set(s.secrets) == {(0, 2), (1, 2), (0, 0), (1, 0)}
+    types = {rec.type for rec in [*c.secrets.values(), *s.secrets.values()]}
+    assert types == {cres.cipher} == {sres.cipher}
+    assert all(len(rec.pack()) == 56 for rec in c.secrets.values())
+    assert not cres.resumed and not sres.resumed
+
+
+def test_transport_parameters_cross(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki))
+    pair.ok()
+    assert pair.ssock.peer_tp == CLIENT_TP
+    assert pair.csock.peer_tp == SERVER_TP
+
+
+def test_flights_use_more_on_all_but_last(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki))
+    pair.ok()
+    server_flight = [(lvl, more) for lvl, _, more in pair.ssock.sent if lvl != uapi.QUIC_CRYPTO_APP]
+    assert server_flight[0] == (uapi.QUIC_CRYPTO_INITIAL, True)  # ServerHello
+    assert server_flight[-1] == (uapi.QUIC_CRYPTO_HANDSHAKE, False)  # Finished
+    assert all(more for _, more in server_flight[:-1])
+    assert pair.csock.sent[0][0] == uapi.QUIC_CRYPTO_INITIAL
+
+
+def test_alpn_negotiated_and_written_back(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki))
+    cres, sres = pair.ok()
+    assert cres.alpn == sres.alpn == "smb"
+    assert pair.csock.alpn == pair.ssock.alpn == b"smb"
+
+
+def test_alpn_from_socket_when_not_given(pki: Pki) -> None:
+    c, s = x509_params(pki, alpns=None, srv_alpns=None)
+    csock, ssock = socket_pair("smb,h3", "h3")
+    out: dict[str, object] = {}
+    t = threading.Thread(target=lambda: out.update(s=quic_handshake(ssock, s)), daemon=True)
+    t.start()
+    cres = quic_handshake(csock, c)
+    t.join(JOIN)
+    assert cres.alpn == "h3" and out["s"].alpn == "h3"  # type: ignore[attr-defined]
+
+
+def test_alpn_mismatch_fails_with_no_application_protocol(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki, alpns="nfs"))
+    err = expect_failure(pair, "server", HandshakeError)
+    assert err.code == 0x100 + ALERT_NO_APPLICATION_PROTOCOL
+    assert "No supported application protocol" in str(err)
+    cerr = expect_failure(pair, "client", HandshakeError)  # learnt from the close
+    assert cerr.code == 0x100 + ALERT_NO_APPLICATION_PROTOCOL
+    assert "No supported application protocol" in cerr.reason
+
+
+# ---------------------------------------------------------------------------
+# certificates
+
+
+@pytest.mark.parametrize("name", ["server.test", "127.0.0.1", "::1"])
+def test_certificate_accepts_right_name(pki: Pki, name: str) -> None:
+    cres, _ = run_pair(*x509_params(pki, server_name=name)).ok()
+    assert cres.peer_subject == "CN=server.test"
+
+
+def test_certificate_rejects_wrong_name(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki, server_name="other.test"))
+    err = expect_failure(pair, "client", HandshakeError)
+    assert "does not match the expected" in str(err)
+    assert err.alert_name == "Certificate is bad"
+
+
+def test_certificate_rejects_wrong_ip(pki: Pki) -> None:
+    pair = run_pair(*x509_params(pki, server_name="127.0.0.2"))
+    assert "does not match the expected" in str(expect_failure(pair, "client", HandshakeError))
+
+
+def test_certificate_rejects_expired(pki: Pki) -> None:
+    pair = run_pair(
+        *x509_params(pki, srv_cert_file=str(pki.expired_cert), srv_key_file=str(pki.expired_key))
+    )
+    assert "expired" in str(expect_failure(pair, "client", HandshakeError))
+
+
+def test_certificate_rejects_unknown_ca(pki: Pki) -> None:
+    pair = run_pair(
+        *x509_params(pki, srv_cert_file=str(pki.rogue_cert), srv_key_file=str(pki.rogue_key))
+    )
+    err = expect_failure(pair, "client", HandshakeError)
+    assert "issuer is unknown" in str(err)
+
+
+def test_insecure_client_accepts_unknown_ca(pki: Pki) -> None:
+    c, s = x509_params(
+        pki,
+        insecure=True,
+        srv_cert_file=str(pki.rogue_cert),
+        srv_key_file=str(pki.rogue_key),
+    )
+    run_pair(c, s).ok()
+
+
+def test_server_certificate_from_memory(pki: Pki) -> None:
+    c, s = x509_params(
+        pki,
+        ca_file=None,
+        ca_pem=pki.ca.read_bytes(),
+        srv_cert_file=None,
+        srv_key_file=None,
+        srv_cert_pem=pki.server_cert.read_bytes(),
+        srv_key_pem=pki.server_key.read_bytes(),
+    )
+    run_pair(c, s).ok()
+
+
+def test_mutual_tls(pki: Pki) -> None:
+    c, s = x509_params(
+        pki,
+        cert_file=str(pki.client_cert),
+        key_file=str(pki.client_key),
+        srv_cert_request=gnutls.GNUTLS_CERT_REQUIRE,
+        srv_ca_file=str(pki.ca),
+    )
+    cres, sres = run_pair(c, s).ok()
+    assert sres.peer_subject == "CN=client.test"
+    assert cres.peer_subject == "CN=server.test"
+
+
+def test_mutual_tls_required_without_client_certificate(pki: Pki) -> None:
+    c, s = x509_params(pki, srv_cert_request=gnutls.GNUTLS_CERT_REQUIRE, srv_ca_file=str(pki.ca))
+    pair = run_pair(c, s)
+    err = expect_failure(pair, "server", HandshakeError)
+    assert "certificate" in str(err).lower()
+
+
+def test_mutual_tls_requested_is_optional(pki: Pki) -> None:
+    c, s = x509_params(pki, srv_cert_request=gnutls.GNUTLS_CERT_REQUEST, srv_ca_file=str(pki.ca))
+    _, sres = run_pair(c, s).ok()
+    assert sres.peer_subject is None
+
+
+@pytest.mark.parametrize("mode", [gnutls.GNUTLS_CERT_REQUEST, gnutls.GNUTLS_CERT_REQUIRE])
+def test_mutual_tls_rejects_expired_client(pki: Pki, mode: int) -> None:
+    cert, key = issue(load_issuer(pki.ca, pki.ca_key), "old.test", client=True, expired=True)
+    cert_path, key_path = write_pair(pki.directory, f"old-client-{mode}", cert, key)
+    c, s = x509_params(
+        pki,
+        cert_file=str(cert_path),
+        key_file=str(key_path),
+        srv_cert_request=mode,
+        srv_ca_file=str(pki.ca),
+    )
+    err = expect_failure(run_pair(c, s), "server", HandshakeError)
+    assert "expired" in str(err)
+
+
+def test_mutual_tls_client_from_unknown_ca_is_not_sent(pki: Pki) -> None:
+    """The server lists its CAs; GnuTLS sends no certificate that none of them signed."""
+    c, s = x509_params(
+        pki,
+        cert_file=str(pki.rogue_cert),
+        key_file=str(pki.rogue_key),
+        srv_cert_request=gnutls.GNUTLS_CERT_REQUIRE,
+        srv_ca_file=str(pki.ca),
+    )
+    err = expect_failure(run_pair(c, s), "server", HandshakeError)
+    assert err.alert_name == "Certificate is required"
+
+
+# ---------------------------------------------------------------------------
+# PSK
+
+PSK = bytes(range(32))
+
+
+def psk_params(
+    client_key: bytes = PSK, identity: str = "nfs-client"
+) -> tuple[HandshakeParams, HandshakeParams]:
+    c = HandshakeParams(
+        is_server=False, psk_identity=identity, psk_key=client_key, alpns="smb", timeout=5
+    )
+    s = HandshakeParams(
+        is_server=True, psk_identity="nfs-client", psk_key=PSK, alpns="smb", timeout=5
+    )
+    return c, s
+
+
+def test_psk_handshake() -> None:
+    pair = run_pair(*psk_params())
+    cres, sres = pair.ok()
+    assert sres.psk_identity == cres.psk_identity == "nfs-client"
+    assert cres.peer_subject is None
+    assert pair.csock.secret(True, 0) == pair.ssock.secret(False, 0)
+
+
+def test_psk_wrong_key_fails() -> None:
+    pair = run_pair(*psk_params(client_key=bytes(32)))
+    err = expect_failure(pair, "server", HandshakeError)
+    assert err.code >= 0x100
+    assert isinstance(pair.client, HandshakeError | OSError)
+
+
+def test_psk_unknown_identity_fails() -> None:
+    pair = run_pair(*psk_params(identity="stranger"))
+    expect_failure(pair, "server", HandshakeError)
+
+
+def test_psk_files_with_libquic_calls(tmp_path: Path) -> None:
+    path = tmp_path / "psk.txt"
+    path.write_text(f"# keys\nnfs-client:{PSK.hex()}\nother:{bytes(16).hex()}\n")
+    assert read_psk_file(str(path)) == {"nfs-client": PSK, "other": bytes(16)}
+    csock, ssock = socket_pair()
+    out: dict[str, object] = {}
 
     def serve() -> None:
-        try:
-            results["server"] = quic_handshake(server, server_params)
-        except Exception as exc:
-            results["server"] = exc
-            server.close()
+        out["s"] = quic_server_handshake(ssock, str(path), None, "smb", timeout=5)
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        results["client"] = quic_handshake(client, client_params)
-    except Exception as exc:
-        results["client"] = exc
-        client.close()
-    thread.join(TIMEOUT * 3)
-    assert not thread.is_alive()
-    assert gnutls.Session.live == 0 and gnutls.Credentials._live == 0  # nothing leaked
-    return client, server, results["client"], results["server"]
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    cres = quic_client_handshake(csock, str(path), None, "smb", timeout=5)
+    t.join(JOIN)
+    assert cres.psk_identity == "nfs-client"
+    assert out["s"].psk_identity == "nfs-client"  # type: ignore[attr-defined]
 
 
-def cert_server(pki, **extra) -> HandshakeParams:
-    return HandshakeParams(
-        is_server=True,
-        cert_file=str(pki.server_cert),
-        key_file=str(pki.server_key),
-        alpns="smb",
-        timeout=TIMEOUT,
-        **extra,
-    )
+def test_bad_psk_file(tmp_path: Path) -> None:
+    path = tmp_path / "psk.txt"
+    path.write_text("nfs-client:zz\n")
+    with pytest.raises(ValueError, match=r"psk\.txt:1"):
+        read_psk_file(str(path))
 
 
-def cert_client(pki, **extra) -> HandshakeParams:
-    extra.setdefault("server_name", "server.test")
-    extra.setdefault("alpns", "sunrpc,smb")
-    return HandshakeParams(is_server=False, ca_file=str(pki.ca), timeout=TIMEOUT, **extra)
+# ---------------------------------------------------------------------------
+# resumption and 0-RTT
 
 
-def test_certificate_handshake_agrees_on_everything(pki) -> None:
-    client, server, cres, sres = run_pair(cert_client(pki), cert_server(pki))
-    assert cres.alpn == sres.alpn == "smb" and client.alpn == server.alpn == b"smb"
-    for level in (uapi.QUIC_CRYPTO_HANDSHAKE, uapi.QUIC_CRYPTO_APP):
-        assert client.secrets[(level, 1)] == server.secrets[(level, 0)]
-        assert client.secrets[(level, 0)] == server.secrets[(level, 1)]
-    assert client.peer_params == b"server-tp" and server.peer_params == b"client-tp"
-    assert cres.peer_identity == "CN=server.test"
-
-
-def test_alpn_mismatch_fails_with_no_application_protocol(pki) -> None:
-    *_, cres, sres = run_pair(cert_client(pki, alpns="h3"), cert_server(pki))
-    assert isinstance(sres, HandshakeError) and sres.code == NO_APPLICATION_PROTOCOL
-    assert isinstance(cres, (HandshakeError, ConnectionResetError))
-
-
-@pytest.mark.parametrize(
-    ("server_extra", "client_extra"),
-    [
-        ({}, {"server_name": "wrong.test"}),
-        ({"cert_file": "expired_cert", "key_file": "expired_key"}, {}),
-        ({"cert_file": "rogue_cert", "key_file": "rogue_key"}, {}),
-    ],
-    ids=["wrong-name", "expired", "unknown-ca"],
-)
-def test_bad_certificates_are_rejected(pki, server_extra, client_extra) -> None:
-    server = cert_server(pki)
-    for field_name, attr in server_extra.items():
-        setattr(server, field_name, str(getattr(pki, attr)))
-    *_, cres, _ = run_pair(cert_client(pki, **client_extra), server)
-    assert isinstance(cres, HandshakeError)
-    assert "certificate" in str(cres).lower()
-
-
-def test_mutual_tls(pki) -> None:
-    client = cert_client(pki, cert_file=str(pki.client_cert), key_file=str(pki.client_key))
-    server = cert_server(pki, cert_request=gnutls.GNUTLS_CERT_REQUIRE, ca_file=str(pki.ca))
-    *_, cres, sres = run_pair(client, server)
-    assert sres.peer_identity == "CN=client.test" and cres.alpn == "smb"
-    *_, cres, sres = run_pair(cert_client(pki), server)
-    assert isinstance(sres, HandshakeError)
-
-
-def test_psk(pki) -> None:
-    key = bytes(range(32))
-    server = HandshakeParams(
-        is_server=True, psk_identity="test1", psk_key=key, alpns="smb", timeout=TIMEOUT
-    )
-    client = HandshakeParams(
-        is_server=False, psk_identity="test1", psk_key=key, alpns="smb", timeout=TIMEOUT
-    )
-    *_, cres, sres = run_pair(client, server)
-    assert sres.peer_identity == "test1" and cres.alpn == "smb"
-    wrong = HandshakeParams(
-        is_server=False, psk_identity="test1", psk_key=bytes(32), alpns="smb", timeout=TIMEOUT
-    )
-    *_, cres, sres = run_pair(wrong, server)
-    assert isinstance(cres, (HandshakeError, ConnectionResetError))
-    assert isinstance(sres, HandshakeError)
-
-
-def test_psk_file_through_libquic_calls(pki, tmp_path) -> None:
-    psk = tmp_path / "psk.txt"
-    psk.write_text("test1:" + bytes(range(32)).hex() + "\n")
-    client, server = MemorySocket(False, b"c"), MemorySocket(True, b"s")
-    client.peer, server.peer = server, client
-    out = {}
-    thread = threading.Thread(
-        target=lambda: out.setdefault(
-            "s", quic_server_handshake(server, str(psk), None, "smb", timeout=TIMEOUT)
-        )
-    )
-    thread.start()
-    cres = quic_client_handshake(client, str(psk), None, "smb", timeout=TIMEOUT)
-    thread.join(TIMEOUT)
-    assert cres.alpn == "smb" and out["s"].peer_identity == "test1"
-
-
-def test_resumption_and_early_data(pki) -> None:
-    *_, first, _ = run_pair(cert_client(pki, receive_ticket=2.0), cert_server(pki, early_data=True))
+def test_resumption_with_ticket(pki: Pki) -> None:
+    key = gnutls.generate_ticket_key()
+    c, s = x509_params(pki, receive_ticket=5, srv_ticket_key=key)
+    first, _ = run_pair(c, s).ok()
     assert first.session_data and not first.resumed
-    client, server, cres, sres = run_pair(
-        cert_client(pki, session_data=first.session_data, early_data=True),
-        cert_server(pki, early_data=True),
-    )
-    assert cres.resumed and sres.resumed and sres.early_data_accepted
-    assert (uapi.QUIC_CRYPTO_EARLY, 1) in client.secrets
-    assert (
-        client.secrets[(uapi.QUIC_CRYPTO_EARLY, 1)] == server.secrets[(uapi.QUIC_CRYPTO_EARLY, 0)]
-    )
+    cres, sres = run_pair(replace(c, session_data=first.session_data), s).ok()
+    assert cres.resumed and sres.resumed
+    assert not cres.early_data and not sres.early_data
+
+
+def test_early_data_on_resumed_session(pki: Pki) -> None:
+    key = gnutls.generate_ticket_key()
+    c, s = x509_params(pki, receive_ticket=5, early_data=True, srv_ticket_key=key)
+    s = replace(s, early_data=True)
+    first, _ = run_pair(c, s).ok()
+    assert first.session_data
+    pair = run_pair(replace(c, session_data=first.session_data), s)
+    cres, sres = pair.ok()
+    assert cres.resumed and sres.resumed
+    assert sres.early_data and cres.early_data
+    early = uapi.QUIC_CRYPTO_EARLY
+    assert pair.csock.secret(True, early) == pair.ssock.secret(False, early)
+    assert (0, early) not in pair.csock.secrets and (1, early) not in pair.ssock.secrets
+    assert pair.csock.secrets[(1, early)].type == cres.cipher
+
+
+def test_no_ticket_within_wait(pki: Pki) -> None:
+    c, s = x509_params(pki, receive_ticket=0.3, srv_send_ticket=False)
+    cres, _ = run_pair(c, s).ok()
+    assert cres.session_data is None
+
+
+# ---------------------------------------------------------------------------
+# ciphers
 
 
 @pytest.mark.parametrize(
     "cipher",
-    [uapi.TLS_CIPHER_AES_GCM_128, uapi.TLS_CIPHER_AES_GCM_256, uapi.TLS_CIPHER_CHACHA20_POLY1305],
+    [
+        uapi.TLS_CIPHER_AES_GCM_128,
+        uapi.TLS_CIPHER_AES_GCM_256,
+        uapi.TLS_CIPHER_CHACHA20_POLY1305,
+        uapi.TLS_CIPHER_AES_CCM_128,
+    ],
 )
-def test_cipher_can_be_pinned(pki, cipher: int) -> None:
-    client, _, cres, sres = run_pair(
-        cert_client(pki, cipher=cipher), cert_server(pki, cipher=cipher)
-    )
+def test_cipher_pinned(pki: Pki, cipher: int) -> None:
+    c, s = x509_params(pki, cipher=cipher, srv_cipher=cipher)
+    pair = run_pair(c, s)
+    cres, sres = pair.ok()
     assert cres.cipher == sres.cipher == cipher
-    assert {kind for kind, _ in client.secrets.values()} == {cipher}
+    assert {r.type for r in pair.csock.secrets.values()} == {cipher}
+    size = 48 if cipher == uapi.TLS_CIPHER_AES_GCM_256 else 32
+    rec = pair.csock.secrets[(1, uapi.QUIC_CRYPTO_APP)]
+    assert rec.secret[size:] == bytes(48 - size) and any(rec.secret[:size])
 
 
-def test_silent_peer_times_out(pki) -> None:
-    client = cert_client(pki)
-    client.timeout = 0.5
-    server = cert_server(pki)
-    server.timeout = 0.5
-    *_, cres, sres = run_pair(client, server, connect=False)
-    assert isinstance(cres, TimeoutError) and isinstance(sres, TimeoutError)
-    assert "timed out" in str(cres)
+def test_unknown_cipher_rejected() -> None:
+    with pytest.raises(ValueError):
+        gnutls.quic_priority(99)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
-def test_damaged_handshake_bytes_fail_clearly(pki, damage) -> None:
-    def tamper(level: int, data: bytes) -> bytes:
-        if damage == "truncate":
-            return data[: len(data) // 2]
-        return data[:10] + bytes(b ^ 0x5A for b in data[10:40]) + data[40:]
-
-    client = cert_client(pki)
-    server = cert_server(pki)
-    client.timeout = server.timeout = 1.0
-    *_, cres, sres = run_pair(client, server, tamper=tamper)
-    assert isinstance(sres, (HandshakeError, TimeoutError, ConnectionResetError))
-    assert isinstance(cres, (HandshakeError, TimeoutError, ConnectionResetError))
+# ---------------------------------------------------------------------------
+# bad input and failures
 
 
-def test_handshake_secret_protects_a_packet_the_peer_opens(pki) -> None:
-    """The TLS layer and the wire layer agree: the server's first Handshake-level secret
-    seals a packet that keys derived from the client's copy open."""
-    from quic.crypto import PacketKeys
-    from quic.packet import PacketType, encode_long_header
-
-    client, server, *_ = run_pair(cert_client(pki), cert_server(pki))
-    kind, server_secret = server.secrets[(uapi.QUIC_CRYPTO_HANDSHAKE, 1)]
-    _, client_copy = client.secrets[(uapi.QUIC_CRYPTO_HANDSHAKE, 0)]
-    size = 48 if kind == uapi.TLS_CIPHER_AES_GCM_256 else 32
-    sealer = PacketKeys.from_secret(kind, server_secret[:size], uapi.QUIC_VERSION_V1)
-    opener = PacketKeys.from_secret(kind, client_copy[:size], uapi.QUIC_VERSION_V1)
-    payload = b"\x06\x00\x10" + b"handshake flight"
-    header = encode_long_header(
-        PacketType.HANDSHAKE,
-        uapi.QUIC_VERSION_V1,
-        b"c" * 8,
-        b"s" * 8,
-        b"",
-        2 + len(payload) + 16,
-        0,
-        2,
+def test_truncated_client_hello_times_out() -> None:
+    c, s = psk_params()
+    c, s = replace(c, timeout=0.5), replace(s, timeout=0.5)
+    pair = run_pair(c, s, client_tamper=lambda level, data: data[: len(data) // 2])
+    err = expect_failure(pair, "server", TimeoutError)
+    assert "timed out after 0.5s waiting for the rest of the client's ClientHello" in str(err)
+    assert "waiting for the server's ServerHello" in str(
+        expect_failure(pair, "client", TimeoutError)
     )
-    packet = sealer.protect(header, payload, 0)
-    assert opener.unprotect(packet, len(header) - 2, -1) == (header, 0, payload)
 
 
-@pytest.mark.parametrize(("name", "ok"), [("127.0.0.1", True), ("::1", True), ("192.0.2.7", False)])
-def test_ip_address_verification(pki, name: str, ok: bool) -> None:
-    *_, cres, _ = run_pair(cert_client(pki, server_name=name), cert_server(pki))
-    assert isinstance(cres, HandshakeError) != ok
+def test_corrupted_client_hello(pki: Pki) -> None:
+    def corrupt(level: int, data: bytes) -> bytes:
+        # legacy_version(2) random(32) session_id(1+0), then cipher_suites' length
+        return data[:39] + b"\xff\xff" + data[41:]
+
+    pair = run_pair(*x509_params(pki), client_tamper=corrupt)
+    err = expect_failure(pair, "server", HandshakeError)
+    assert err.gnutls_code < 0 and err.reason
+    expect_failure(pair, "client", HandshakeError)
+
+
+def test_corrupted_certificate_verify(pki: Pki) -> None:
+    def corrupt(level: int, data: bytes) -> bytes:
+        if level == uapi.QUIC_CRYPTO_HANDSHAKE and data[0] == 15:  # CertificateVerify
+            return data[:-4] + bytes(b ^ 0xFF for b in data[-4:])
+        return data
+
+    pair = run_pair(*x509_params(pki), server_tamper=corrupt)
+    err = expect_failure(pair, "client", HandshakeError)
+    assert "signature" in str(err).lower()
+
+
+def test_peer_never_answers() -> None:
+    c, _ = psk_params()
+    csock, _ssock = socket_pair()
+    with pytest.raises(TimeoutError, match="waiting for the server's ServerHello"):
+        quic_handshake(csock, replace(c, timeout=0.5))
+
+
+def test_server_waits_for_client_hello_with_deadline() -> None:
+    _, s = psk_params()
+    _csock, ssock = socket_pair()
+    with pytest.raises(TimeoutError, match="waiting for the client's ClientHello"):
+        quic_handshake(ssock, replace(s, timeout=0.3))
+
+
+def test_dead_socket_is_oserror() -> None:
+    c, _ = psk_params()
+    csock, _ssock = socket_pair()
+    csock.inbox.put(None)
+    with pytest.raises(ConnectionResetError):
+        quic_handshake(csock, c)
+
+
+def test_server_needs_a_certificate() -> None:
+    _csock, ssock = socket_pair()
+    with pytest.raises(ValueError, match="cert_file"):
+        quic_handshake(ssock, HandshakeParams(is_server=True, alpns="smb", timeout=1))
+
+
+def test_role_detected_from_socket(pki: Pki) -> None:
+    c, s = x509_params(pki, is_server=None, srv_is_server=None)
+    cres, sres = run_pair(c, s).ok()
+    assert sres.is_server and not cres.is_server
+
+
+def test_callback_exception_is_reraised(pki: Pki) -> None:
+    class Broken(MemorySocket):
+        def getsockopt(self, level: int, optname: int, buflen: int) -> bytes:
+            if optname == uapi.QUIC_SOCKOPT_TRANSPORT_PARAM_EXT:
+                raise OSError(errno.EINVAL, "cannot build transport parameters")
+            return super().getsockopt(level, optname, buflen)
+
+    sock = Broken(False, "smb")
+    sock.peer = MemorySocket(True)
+    c, _ = x509_params(pki)
+    with pytest.raises(OSError, match="cannot build transport parameters"):
+        quic_handshake(sock, c)
+
+
+def test_keylog(pki: Pki, tmp_path: Path) -> None:
+    lines: list[str] = []
+    path = tmp_path / "keys.log"
+    c, s = x509_params(pki, keylog=lines.append, srv_keylog=str(path))
+    run_pair(c, s).ok()
+    labels = {line.split()[0] for line in lines}
+    assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_TRAFFIC_SECRET_0"} <= labels
+    assert path.read_text().splitlines() == lines
+
+
+def test_session_freed_on_close_and_gc() -> None:
+    s = gnutls.Session(gnutls.GNUTLS_CLIENT, None)  # type: ignore[arg-type]
+    assert gnutls.live_sessions() == 1
+    s.close()
+    s.close()
+    assert gnutls.live_sessions() == 0
+    with gnutls.Session(gnutls.GNUTLS_SERVER, None) as s2:  # type: ignore[arg-type]
+        assert gnutls.live_sessions() == 1
+    assert s2._ptr is None
+    s3 = gnutls.Session(gnutls.GNUTLS_CLIENT, None)  # type: ignore[arg-type]
+    del s3
+    gc.collect()
+    assert gnutls.live_sessions() == 0
+
+
+def test_gnutls_error_text() -> None:
+    err = gnutls.GnutlsError(gnutls.GNUTLS_E_AGAIN)
+    assert str(err) == gnutls.strerror(gnutls.GNUTLS_E_AGAIN)
+    assert "again" in str(err).lower()
+    assert gnutls.alert_name(ALERT_NO_APPLICATION_PROTOCOL)
+    assert gnutls.check_version().startswith("3.")
