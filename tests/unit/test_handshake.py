@@ -625,3 +625,33 @@ def test_gnutls_error_text() -> None:
     assert "again" in str(err).lower()
     assert gnutls.alert_name(ALERT_NO_APPLICATION_PROTOCOL)
     assert gnutls.check_version().startswith("3.")
+
+
+def test_handshake_secret_protects_a_packet_the_peer_opens(pki: Pki) -> None:
+    """The two layers agree: the server's first Handshake-level secret, fed to the wire
+    layer's key derivation, seals a packet that keys from the client's copy open."""
+    from quic.crypto import PacketKeys
+    from quic.packet import PacketType, encode_long_header
+
+    pair = run_pair(*x509_params(pki))
+    cres, _ = pair.ok()
+    level = uapi.QUIC_CRYPTO_HANDSHAKE
+    sealer = PacketKeys.from_secret(
+        cres.cipher, pair.ssock.secret(True, level), uapi.QUIC_VERSION_V1
+    )
+    opener = PacketKeys.from_secret(
+        cres.cipher, pair.csock.secret(False, level), uapi.QUIC_VERSION_V1
+    )
+    payload = b"\x06\x00\x10" + b"handshake flight"
+    header = encode_long_header(
+        PacketType.HANDSHAKE,
+        uapi.QUIC_VERSION_V1,
+        b"c" * 8,
+        b"s" * 8,
+        b"",
+        2 + len(payload) + 16,
+        0,
+        2,
+    )
+    packet = sealer.protect(header, payload, 0)
+    assert opener.unprotect(packet, len(header) - 2, -1) == (header, 0, payload)
