@@ -860,7 +860,11 @@ class QuicSocket:
                     self._cond.wait(remaining)
             if conn is not None and conn.state < State.CLOSING:
                 rec = self.close_record
-                conn.close(rec.errcode, rec.phrase.rstrip(b"\0"), None, now=time.monotonic())
+                # A failed handshake reports its TLS alert as CRYPTO_ERROR (0x100 + alert):
+                # a transport close, which RFC 9000 §10.2.3 lets through before 1-RTT.
+                crypto_error = 0x100 <= rec.errcode <= 0x1FF and not conn.handshake_complete
+                frame_type = 0 if crypto_error else None
+                conn.close(rec.errcode, rec.phrase.rstrip(b"\0"), frame_type, now=time.monotonic())
                 self.flush()
 
     def close(self) -> None:

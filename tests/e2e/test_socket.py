@@ -310,3 +310,30 @@ def test_idle_timeout_ends_a_silent_connection(pki, server_thread) -> None:
         quic_recvmsg(cli, 100)
     cli.close()
     srv.close()
+
+
+def test_alpn_mismatch_reaches_the_client_as_crypto_error(pki, server_thread) -> None:
+    """The server's TLS alert travels as CONNECTION_CLOSE 0x100 + 120 over real UDP."""
+    from handshake.libquic import HandshakeError
+
+    srv = listener()
+
+    def serve():
+        child, _ = srv.accept()
+        with pytest.raises(HandshakeError):
+            quic_server_handshake(
+                child, str(pki.server_key), str(pki.server_cert), "smb", timeout=TIMEOUT
+            )
+        child.close()
+
+    server = server_thread(serve)
+    cli = QuicSocket()
+    cli.settimeout(TIMEOUT)
+    cli.connect(("127.0.0.1", srv.getsockname()[1]))
+    with pytest.raises((HandshakeError, ConnectionResetError)) as info:
+        quic_client_handshake(cli, None, "server.test", "h3", ca_file=str(pki.ca), timeout=TIMEOUT)
+    server.join()
+    text = str(info.value) + repr(getattr(info.value, "code", ""))
+    assert "0x178" in text or "376" in text or "no_application_protocol" in text.lower()
+    cli.close()
+    srv.close()
