@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import uapi
-from .errors import QuicError, TransportError
+from .errors import TransportError
 from .varint import Reader, encode_varint, encode_varint_len
 
 PACKET_NUMBER_MAX = (1 << 62) - 1
@@ -56,9 +56,11 @@ def decode_packet_number(truncated_pn: int, pn_nbits: int, largest_pn: int) -> i
 
 QUIC_VERSION_1 = uapi.QUIC_VERSION_V1
 QUIC_VERSION_2 = uapi.QUIC_VERSION_V2
-SUPPORTED_VERSIONS = (QUIC_VERSION_1, QUIC_VERSION_2)
+# Preference order: what a Version Negotiation packet lists and a server picks first.
+SUPPORTED_VERSIONS = (QUIC_VERSION_2, QUIC_VERSION_1)
 MAX_CID_LENGTH = 20
 MIN_INITIAL_SIZE = 1200
+RETRY_INTEGRITY_TAG_SIZE = 16
 
 HEADER_FORM_BIT = 0x80
 FIXED_BIT = 0x40
@@ -75,30 +77,37 @@ class PacketType(IntEnum):
     VERSION_NEGOTIATION = 5
 
 
-# RFC 9000 §17.2 (v1) and RFC 9369 §3.2 (v2): type -> the two type bits.
-_TYPE_BITS = {
+# RFC 9000 §17.2 (v1) and RFC 9369 §3.2 (v2): v2 rotates the bits so that middleboxes
+# cannot ossify on v1's assignment.
+_TYPE_BITS: dict[int, dict[PacketType, int]] = {
     QUIC_VERSION_1: {
-        PacketType.INITIAL: 0,
-        PacketType.ZERO_RTT: 1,
-        PacketType.HANDSHAKE: 2,
-        PacketType.RETRY: 3,
+        PacketType.INITIAL: 0b00,
+        PacketType.ZERO_RTT: 0b01,
+        PacketType.HANDSHAKE: 0b10,
+        PacketType.RETRY: 0b11,
     },
     QUIC_VERSION_2: {
-        PacketType.INITIAL: 1,
-        PacketType.ZERO_RTT: 2,
-        PacketType.HANDSHAKE: 3,
-        PacketType.RETRY: 0,
+        PacketType.INITIAL: 0b01,
+        PacketType.ZERO_RTT: 0b10,
+        PacketType.HANDSHAKE: 0b11,
+        PacketType.RETRY: 0b00,
     },
 }
-_BITS_TYPE = {v: {bits: t for t, bits in m.items()} for v, m in _TYPE_BITS.items()}
+# Indexed by the two type bits, so parsing is a list lookup.
+_BITS_TYPE: dict[int, list[PacketType]] = {
+    version: sorted(bits, key=bits.__getitem__) for version, bits in _TYPE_BITS.items()
+}
 
 
 def long_type_bits(packet_type: PacketType, version: int) -> int:
+    """The two long-header type bits of ``packet_type`` in ``version`` (KeyError if the
+    version is not one we speak or the type has no long header)."""
     return _TYPE_BITS[version][packet_type]
 
 
 def long_packet_type(bits: int, version: int) -> PacketType:
-    return _BITS_TYPE[version][bits]
+    """Inverse of :func:`long_type_bits`."""
+    return _BITS_TYPE[version][bits & 0x03]
 
 
 @dataclass(slots=True)
@@ -106,8 +115,15 @@ class Header:
     """What can be read of a packet before removing its protection.
 
     ``packet_type`` is None for a long header of a version we do not speak: only the
-    invariant fields (RFC 8999) are then meaningful. ``version`` is 0 for Version
-    Negotiation and for short headers (which carry none).
+    invariant fields (RFC 8999: version, dcid, scid) are then meaningful, enough to
+    answer with Version Negotiation. ``version`` is 0 both for Version Negotiation (its
+    wire value) and for short headers, which carry none: the connection knows its own.
+
+    ``first_byte`` is as received, so still masked for packets under header protection.
+    ``pn_offset`` is the datagram offset of the packet number (0 for Retry, Version
+    Negotiation and unknown versions, which have none). ``packet_end`` is where this
+    packet stops in the datagram: after its Length for Initial, 0-RTT and Handshake, the
+    end of the datagram for every other kind.
     """
 
     packet_type: PacketType | None
@@ -131,7 +147,12 @@ def parse_header(
     *,
     fixed_bit_required: bool = True,
 ) -> Header:
-    """Parse the packet starting at ``offset``; malformed input is PROTOCOL_VIOLATION."""
+    """Parse the packet starting at ``offset``; malformed input is PROTOCOL_VIOLATION.
+
+    ``short_dcid_len`` is the length of our own connection IDs, since a short header
+    does not say. ``fixed_bit_required`` is False once we advertised grease_quic_bit
+    (RFC 9287): the peer may then send the fixed bit as 0.
+    """
     reader = Reader(data, offset, error=TransportError.PROTOCOL_VIOLATION)
     first = reader.uint8()
     if not first & HEADER_FORM_BIT:
@@ -151,20 +172,9 @@ def parse_header(
     dcid = reader.bytes(reader.uint8())
     scid = reader.bytes(reader.uint8())
     if version == 0:
-        if reader.remaining() < 4 or reader.remaining() % 4:
-            raise reader.fail("malformed version list")
-        versions = [reader.uint(4) for _ in range(reader.remaining() // 4)]
-        return Header(
-            PacketType.VERSION_NEGOTIATION,
-            0,
-            dcid,
-            scid,
-            first_byte=first,
-            packet_start=offset,
-            packet_end=reader.end,
-            supported_versions=versions,
-        )
-    if version not in _TYPE_BITS:
+        return _parse_version_negotiation(reader, first, dcid, scid, offset)
+    type_bits = _BITS_TYPE.get(version)
+    if type_bits is None:
         return Header(
             None, version, dcid, scid, first_byte=first, packet_start=offset, packet_end=reader.end
         )
@@ -172,32 +182,63 @@ def parse_header(
         raise reader.fail("connection ID longer than 20 bytes")
     if fixed_bit_required and not first & FIXED_BIT:
         raise reader.fail("fixed bit is zero")
-    packet_type = _BITS_TYPE[version][(first >> 4) & 0x03]
+    packet_type = type_bits[(first >> 4) & 0x03]
     if packet_type == PacketType.RETRY:
-        if reader.remaining() < 16:
-            raise reader.fail("Retry packet without integrity tag")
-        retry_token = reader.bytes(reader.remaining() - 16)
-        return Header(
-            packet_type,
-            version,
-            dcid,
-            scid,
-            first_byte=first,
-            packet_start=offset,
-            packet_end=reader.end,
-            retry_token=retry_token,
-            integrity_tag=reader.bytes(16),
-        )
+        return _parse_retry(reader, first, version, dcid, scid, offset)
     token = reader.varint_bytes() if packet_type == PacketType.INITIAL else b""
     length = reader.varint()
     pn_offset = reader.pos
     if length > reader.remaining():
-        raise reader.fail(f"Length {length} exceeds the datagram")
+        raise reader.fail(f"Length {length} exceeds the {reader.remaining()} bytes left")
     if length < 1:
         raise reader.fail("packet without packet number")
     return Header(
         packet_type, version, dcid, scid, token, first, pn_offset, offset, pn_offset + length
     )
+
+
+def _parse_version_negotiation(
+    reader: Reader, first: int, dcid: bytes, scid: bytes, offset: int
+) -> Header:
+    if reader.remaining() % 4:
+        raise reader.fail("version list is not a multiple of 4 bytes")
+    view = reader.view(reader.remaining())
+    versions = [int.from_bytes(view[i : i + 4], "big") for i in range(0, len(view), 4)]
+    return Header(
+        PacketType.VERSION_NEGOTIATION,
+        0,
+        dcid,
+        scid,
+        first_byte=first,
+        packet_start=offset,
+        packet_end=reader.end,
+        supported_versions=versions,
+    )
+
+
+def _parse_retry(
+    reader: Reader, first: int, version: int, dcid: bytes, scid: bytes, offset: int
+) -> Header:
+    if reader.remaining() < RETRY_INTEGRITY_TAG_SIZE:
+        raise reader.fail("Retry packet without integrity tag")
+    retry_token = reader.bytes(reader.remaining() - RETRY_INTEGRITY_TAG_SIZE)
+    return Header(
+        PacketType.RETRY,
+        version,
+        dcid,
+        scid,
+        first_byte=first,
+        packet_start=offset,
+        packet_end=reader.end,
+        retry_token=retry_token,
+        integrity_tag=reader.bytes(RETRY_INTEGRITY_TAG_SIZE),
+    )
+
+
+# Packets after which nothing may be coalesced: their extent is the rest of the datagram.
+_LAST_IN_DATAGRAM = frozenset(
+    (PacketType.ONE_RTT, PacketType.RETRY, PacketType.VERSION_NEGOTIATION, None)
+)
 
 
 def iter_packets(
@@ -206,38 +247,44 @@ def iter_packets(
     *,
     fixed_bit_required: bool = True,
 ) -> Iterator[Header]:
-    """The coalesced packets of one datagram (RFC 9000 §12.2). A malformed packet raises
-    QuicError at its position; the packets yielded before it stand."""
+    """The coalesced packets of one datagram (RFC 9000 §12.2).
+
+    A malformed packet raises QuicError(PROTOCOL_VIOLATION) where it starts; the packets
+    yielded before it stand, so a receiver drops just the remainder. A packet whose
+    DCID differs from the first one's ends the walk silently, as §12.2 asks receivers
+    to ignore it: this is also how trailing zero padding reads once the fixed bit is
+    greased.
+    """
     offset = 0
     end = len(datagram)
+    first_dcid: bytes | None = None
     while offset < end:
         header = parse_header(
             datagram, offset, short_dcid_len, fixed_bit_required=fixed_bit_required
         )
+        if first_dcid is None:
+            first_dcid = header.dcid
+        elif header.dcid != first_dcid:
+            return
         yield header
-        if header.packet_type in (
-            PacketType.ONE_RTT,
-            PacketType.RETRY,
-            PacketType.VERSION_NEGOTIATION,
-            None,
-        ):
+        if header.packet_type in _LAST_IN_DATAGRAM:
             return
         offset = header.packet_end
 
 
 def peek_dcid(datagram: bytes | bytearray | memoryview, short_dcid_len: int) -> bytes:
-    """The Destination Connection ID from the invariant header fields (RFC 8999)."""
+    """The Destination Connection ID from the invariant header fields (RFC 8999 §5), for
+    demultiplexing before knowing whether the version is one we speak."""
     reader = Reader(datagram, error=TransportError.PROTOCOL_VIOLATION)
-    first = reader.uint8()
-    if first & HEADER_FORM_BIT:
+    if reader.uint8() & HEADER_FORM_BIT:
         reader.uint(4)
         return reader.bytes(reader.uint8())
     return reader.bytes(short_dcid_len)
 
 
-def _first_bits(grease_fixed_bit: bool) -> int:
-    """The fixed bit: 1, or random when the peer advertised grease_quic_bit (RFC 9287)."""
-    return (secrets.randbits(1) << 6) if grease_fixed_bit else FIXED_BIT
+def _fixed_bit(grease_fixed_bit: bool) -> int:
+    """The fixed bit: 1, or random once the peer advertised grease_quic_bit (RFC 9287)."""
+    return secrets.randbits(1) << 6 if grease_fixed_bit else FIXED_BIT
 
 
 def encode_long_header(
@@ -252,14 +299,19 @@ def encode_long_header(
     *,
     grease_fixed_bit: bool = False,
 ) -> bytes:
-    """A plaintext long header ending with the truncated packet number.
+    """A plaintext Initial, 0-RTT or Handshake header ending with the truncated packet
+    number.
 
     ``length`` counts the packet number, payload and AEAD tag. It is written in two
-    bytes whenever it fits, so a sender can size the header before the payload is final.
+    bytes whenever it fits (four otherwise), never shorter, so a sender can reserve the
+    header before the payload size is final and the header size does not change when
+    it is. ``token`` is written only for Initial packets. ``grease_fixed_bit`` is for
+    the caller to set only when the peer's grease_quic_bit is known: a client's first
+    Initial keeps the bit at 1 (RFC 9287 §3).
     """
     first = (
         HEADER_FORM_BIT
-        | _first_bits(grease_fixed_bit)
+        | _fixed_bit(grease_fixed_bit)
         | (_TYPE_BITS[version][packet_type] << 4)
         | (pn_len - 1)
     )
@@ -286,20 +338,28 @@ def encode_short_header(
     *,
     grease_fixed_bit: bool = False,
 ) -> bytes:
-    """A plaintext 1-RTT header ending with the truncated packet number."""
-    first = _first_bits(grease_fixed_bit) | (spin << 5) | (key_phase << 2) | (pn_len - 1)
+    """A plaintext 1-RTT header ending with the truncated packet number; the reserved
+    bits are 0, as RFC 9000 §17.3.1 requires before protection."""
+    first = _fixed_bit(grease_fixed_bit) | (spin << 5) | (key_phase << 2) | (pn_len - 1)
     return bytes((first,)) + dcid + truncate_packet_number(pn, pn_len).to_bytes(pn_len, "big")
 
 
+def grease_version() -> int:
+    """A reserved version of the form 0x?a?a?a?a (RFC 9000 §15), never a real one."""
+    return (secrets.randbits(32) & 0xF0F0F0F0) | 0x0A0A0A0A
+
+
 def encode_version_negotiation(
-    dcid: bytes, scid: bytes, versions: list[int], *, grease: bool = True
+    dcid: bytes, scid: bytes, versions: list[int], *, grease: bool = False
 ) -> bytes:
-    """A Version Negotiation packet (RFC 9000 §17.2.1). ``dcid``/``scid`` are already the
-    client's SCID/DCID swapped. A reserved 0x?a?a?a?a version keeps clients honest
-    (RFC 9000 §15)."""
-    listed = list(versions)
-    if grease:
-        listed.append((secrets.randbits(32) & 0xF0F0F0F0) | 0x0A0A0A0A)
+    """A Version Negotiation packet (RFC 9000 §17.2.1).
+
+    ``dcid`` and ``scid`` are the client's SCID and DCID, already swapped by the caller.
+    The seven low bits of the first byte are random, the fixed bit included: VN is
+    version-independent and RFC 8999 gives it no fixed bit. ``grease`` appends a
+    reserved version so clients do not come to depend on the list's exact contents.
+    """
+    listed = [*versions, grease_version()] if grease else versions
     out = bytearray((HEADER_FORM_BIT | secrets.randbits(7),))
     out += bytes(4)
     out.append(len(dcid))
@@ -311,30 +371,51 @@ def encode_version_negotiation(
     return bytes(out)
 
 
+def _retry_without_tag(first: int, version: int, dcid: bytes, scid: bytes, token: bytes) -> bytes:
+    return (
+        bytes((first,))
+        + version.to_bytes(4, "big")
+        + bytes((len(dcid),))
+        + dcid
+        + bytes((len(scid),))
+        + scid
+        + token
+    )
+
+
 def encode_retry(
-    version: int, dcid: bytes, scid: bytes, token: bytes, odcid: bytes, unused: int | None = None
+    version: int,
+    dcid: bytes,
+    scid: bytes,
+    token: bytes,
+    odcid: bytes,
+    *,
+    unused: int | None = None,
 ) -> bytes:
-    """A Retry packet with its integrity tag (RFC 9000 §17.2.5, RFC 9001 §5.8). The four
-    unused bits of the first byte are random unless ``unused`` fixes them."""
+    """A Retry packet with its integrity tag (RFC 9000 §17.2.5, RFC 9001 §5.8).
+
+    ``odcid`` is the DCID of the client's Initial, which the tag binds. The four unused
+    bits of the first byte are random unless ``unused`` fixes them. Retry is never
+    greased: the server does not know yet whether the client accepts it.
+    """
+    # crypto imports this module: a top-level import would be circular.
     from .crypto import retry_integrity_tag
 
     first = HEADER_FORM_BIT | FIXED_BIT | (_TYPE_BITS[version][PacketType.RETRY] << 4)
     first |= secrets.randbits(4) if unused is None else unused & 0x0F
-    out = bytes((first,)) + version.to_bytes(4, "big") + bytes((len(dcid),)) + dcid
-    out += bytes((len(scid),)) + scid + token
-    return out + retry_integrity_tag(odcid, out, version)
+    packet = _retry_without_tag(first, version, dcid, scid, token)
+    return packet + retry_integrity_tag(odcid, packet, version)
 
 
-def verify_retry(data: bytes, odcid: bytes) -> bool:
-    """Whether a whole Retry packet carries the right integrity tag for ``odcid``."""
+def verify_retry(header: Header, odcid: bytes) -> bool:
+    """Whether a parsed Retry may be acted on: a nonempty token (RFC 9000 §17.2.5.2) and
+    an integrity tag matching the DCID the client first sent (RFC 9001 §5.8)."""
     from .crypto import retry_integrity_tag
 
-    try:
-        header = parse_header(data, 0, 0)
-    except QuicError:
+    if header.packet_type != PacketType.RETRY or not header.retry_token:
         return False
-    if header.packet_type != PacketType.RETRY:
-        return False
-    return hmac.compare_digest(
-        retry_integrity_tag(odcid, bytes(data[:-16]), header.version), header.integrity_tag
+    packet = _retry_without_tag(
+        header.first_byte, header.version, header.dcid, header.scid, header.retry_token
     )
+    expected = retry_integrity_tag(odcid, packet, header.version)
+    return hmac.compare_digest(expected, header.integrity_tag)

@@ -236,7 +236,8 @@ class Tunnel:
         be an Initial, so we cannot be used to amplify."""
         if len(data) < MIN_INITIAL_SIZE or not self.listeners:
             return
-        self.sendto(encode_version_negotiation(scid, dcid, list(SUPPORTED_VERSIONS)), addr)
+        versions = encode_version_negotiation(scid, dcid, list(SUPPORTED_VERSIONS), grease=True)
+        self.sendto(versions, addr)
 
     @staticmethod
     def _guard(func: Callable, *args):
