@@ -28,6 +28,8 @@ from quic.errors import QuicError, TransportError
 kPacketThreshold = 3
 kTimeThreshold = 9 / 8
 kGranularity = 0.001
+# The smallest RTT sample taken; clock readings from two threads can cross by microseconds.
+kMinRttSample = 1e-6
 # RFC 9000 §18.2: the peer's max_ack_delay when it sends no transport parameter.
 DEFAULT_MAX_ACK_DELAY = 0.025
 
@@ -289,8 +291,13 @@ class LossRecovery:
         if eliciting and newest.packet_number == largest:
             if self._first_rtt_sample is None:
                 self._first_rtt_sample = now
+            # Clamped: the caller's clock reading for this ACK may predate the send time
+            # another thread stamped on the packet by a few microseconds.
             self.rtt.update(
-                now - newest.time_sent, ack_delay, self.max_ack_delay, self.handshake_confirmed
+                max(now - newest.time_sent, kMinRttSample),
+                ack_delay,
+                self.max_ack_delay,
+                self.handshake_confirmed,
             )
             self.cc.smoothed_rtt = self.rtt.smoothed_rtt
             result.rtt_sampled = True

@@ -192,7 +192,7 @@ class Tunnel:
     def _receive_batch(self) -> None:
         touched: dict[int, Endpoint] = {}
         recvfrom = self.sock.recvfrom
-        now = time.monotonic()
+        monotonic = time.monotonic
         for _ in range(RECV_BATCH):
             try:
                 data, addr = recvfrom(RECV_BUFFER)
@@ -201,10 +201,14 @@ class Tunnel:
             except OSError as exc:  # e.g. ICMP port unreachable surfaced on the socket
                 log.debug("recvfrom: %s", exc)
                 continue
+            # Each datagram's own arrival time: RTT samples must not predate sends that
+            # application threads made while this batch was being read.
+            now = monotonic()
             endpoint = self._route(data, addr, now)
             if endpoint is not None:
                 self._guard(endpoint.datagram_received, data, addr, now)
                 touched[id(endpoint)] = endpoint
+        now = monotonic()
         for endpoint in touched.values():
             self._guard(endpoint.flush, now)
 
