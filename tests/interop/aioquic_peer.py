@@ -110,12 +110,29 @@ def client_config(args: argparse.Namespace, alpn: str) -> QuicConfiguration:
     return config
 
 
+class HqClient(QuicConnectionProtocol):
+    """Remembers which streams ended with FIN: aioquic's stream reader also reports end of
+    file when the connection dies, and a truncated file must not count as received."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.finished: set[int] = set()
+
+    def quic_event_received(self, event) -> None:
+        if isinstance(event, StreamDataReceived) and event.end_stream:
+            self.finished.add(event.stream_id)
+        super().quic_event_received(event)
+
+
 async def fetch(args: argparse.Namespace) -> int:
     first = urlparse(args.urls[0])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     async with connect(
-        first.hostname, first.port, configuration=client_config(args, ALPN)
+        first.hostname,
+        first.port,
+        configuration=client_config(args, ALPN),
+        create_protocol=HqClient,
     ) as proto:
 
         async def one(url: str) -> bool:
@@ -124,6 +141,9 @@ async def fetch(args: argparse.Namespace) -> int:
             writer.write_eof()
             body = await reader.read()
             (out / Path(urlparse(url).path).name).write_bytes(body)
+            if writer.get_extra_info("stream_id") not in proto.finished:
+                print(f"{url}: connection ended before the stream's FIN", file=sys.stderr)
+                return False
             return True
 
         results = await asyncio.wait_for(asyncio.gather(*(one(u) for u in args.urls)), args.timeout)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,8 +78,12 @@ class LossyRelay:
 
     The client talks to the relay's port; the relay forwards to ``target``. Each
     direction drops with probability ``loss`` and holds back a datagram now and then to
-    deliver it after the next one (reordering). Bounded: it stops with the test.
+    deliver it after the next one (reordering), or after ``MAX_HOLD`` seconds when no other
+    comes: a real path reorders, it does not keep a packet until the sender's next one,
+    which for a paced or idle sender can be a timeout later. Bounded: it stops with the test.
     """
+
+    MAX_HOLD = 0.005
 
     def __init__(
         self, target: tuple[str, int], loss: float = 0.05, reorder: float = 0.05, seed: int = 1
@@ -93,7 +98,7 @@ class LossyRelay:
         self.back.bind(("127.0.0.1", 0))
         self.port = self.front.getsockname()[1]
         self.client: tuple | None = None
-        self.held: dict[int, tuple[bytes, tuple] | None] = {0: None, 1: None}
+        self.held: dict[int, tuple[bytes, tuple, float] | None] = {0: None, 1: None}
         self.dropped = 0
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -105,16 +110,27 @@ class LossyRelay:
             return
         held = self.held[direction]
         if held is None and self.rng.random() < self.reorder:
-            self.held[direction] = (data, addr)
+            self.held[direction] = (data, addr, time.monotonic() + self.MAX_HOLD)
             return
         sock.sendto(data, addr)
         if held is not None:
             self.held[direction] = None
-            sock.sendto(*held)
+            sock.sendto(held[0], held[1])
+
+    def _release_overdue(self) -> None:
+        now = time.monotonic()
+        for direction, sock in ((0, self.back), (1, self.front)):
+            held = self.held[direction]
+            if held is not None and held[2] <= now:
+                self.held[direction] = None
+                sock.sendto(held[0], held[1])
 
     def _run(self) -> None:
         while not self._stop:
-            ready, _, _ = select.select([self.front, self.back], [], [], 0.1)
+            waiting = any(self.held.values())
+            ready, _, _ = select.select(
+                [self.front, self.back], [], [], self.MAX_HOLD if waiting else 0.1
+            )
             for sock in ready:
                 data, addr = sock.recvfrom(65536)
                 if sock is self.front:
@@ -122,6 +138,7 @@ class LossyRelay:
                     self._forward(0, self.back, data, self.target)
                 elif self.client is not None:
                     self._forward(1, self.front, data, self.client)
+            self._release_overdue()
 
     def close(self) -> None:
         self._stop = True
