@@ -352,7 +352,7 @@ class Pacer:
 
     def next_send_time(self, now: float) -> float:
         """When a full-sized datagram may leave: ``now`` if it may leave at once."""
-        tokens = self._tokens + (now - self._last) * self._rate
+        tokens = min(self._tokens + (now - self._last) * self._rate, self.burst)
         if tokens >= self.max_datagram_size:
             return now
         return now + (self.max_datagram_size - tokens) / self._rate

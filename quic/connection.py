@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import uapi
-from .cong import make_congestion_control
+from .cong import Pacer, make_congestion_control
 from .connid import DestinationConnectionIds, SourceConnectionIds
 from .crypto import CipherSuite, DecryptionError, PacketKeys, initial_secrets
 from .errors import QuicError, TransportError
@@ -60,7 +60,7 @@ from .packet import (
 )
 from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
-from .stream import CryptoStream, FlowController, StreamManager
+from .stream import CryptoStream, FlowController, StreamLimitError, StreamManager
 from .transport_params import (
     TransportParameters,
     decode_transport_parameters,
@@ -180,6 +180,8 @@ class Connection:
         # RFC 9002 §6.2.2.1: only a client waits for the server to validate its address.
         self.recovery.peer_completed_address_validation = not self.is_client
         self.max_datagram_size = config.max_datagram_size
+        self.pacer = Pacer(config.max_datagram_size)
+        self.pacing_deadline: float | None = None
         self.local_params = config.local_params
         self.peer_params: TransportParameters | None = None
         self.streams = StreamManager(self.is_client, self.local_params)
@@ -197,6 +199,9 @@ class Connection:
         self.sending: dict[int, None] = {}
         self.pending_max_data = False
         self.pending_max_streams = [False, False]
+        # The limits already reported blocked (RFC 9000 §4.1, §4.6): once per limit value.
+        self.data_blocked_at = -1
+        self.streams_blocked_at = [-1, -1]
         self.pending_ping = 0
         self.handshake_done_pending = False
         self.handshake_complete = False
@@ -474,6 +479,7 @@ class Connection:
         ack_delay = (frame.ack_delay << exponent) / 1e6 if level == APP else 0.0
         result = self.recovery.on_ack_received(space_id, frame.ranges, ack_delay, now, frame.ecn)
         space.on_acked(frame.largest)
+        self.pacer.update_rate(self.recovery.cc.congestion_window, self.recovery.rtt.smoothed_rtt)
         for pkt in result.acked:
             for rec in pkt.frames:
                 self._record_acked(rec)
@@ -741,6 +747,13 @@ class Connection:
         if budget < 64:
             return None
         cc_room = self.recovery.cc.available(now)
+        release = self.pacer.next_send_time(now)
+        if release > now:
+            # RFC 9002 §7.7: spread the window over the RTT; ACKs are not held back.
+            cc_room = 0
+            self.pacing_deadline = release
+        else:
+            self.pacing_deadline = None
         if self.pending_ping:
             # RFC 9002 §7.5: probe packets are not blocked by the congestion window.
             cc_room = max(cc_room, budget)
@@ -762,6 +775,10 @@ class Connection:
                 cc_room -= packet[1]
         if not built:
             return None
+        if self.pending_ping and any(p[3].ack_eliciting for p in built):
+            # One probe spent, whatever it carried (RFC 9002 §6.2.4): the rest of the data
+            # waits for the congestion window again.
+            self.pending_ping -= 1
         needs_padding = any(
             p[0] == INITIAL and (self.is_client or p[3].ack_eliciting) for p in built
         )
@@ -778,6 +795,8 @@ class Connection:
         for level, _, _, sent in built:
             self.spaces[LEVEL_SPACE[level]].take_pn()
             self.recovery.on_packet_sent(sent)
+            if sent.ack_eliciting:
+                self.pacer.on_sent(sent.sent_bytes, now)
             if self.trace is not None:
                 self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
             if sent.ack_eliciting:
@@ -901,7 +920,6 @@ class Connection:
         if self.pending_ping and room > 0 and room == start:
             parts.append(b"\x01")
             records.append((REC_PING,))
-            self.pending_ping -= 1
             room -= 1
         return start - room
 
@@ -996,11 +1014,38 @@ class Connection:
                 room -= len(header) + len(data)
             if not stream.send.has_data():
                 del sending[sid]
+                if stream.send.blocked():
+                    self._report_stream_data_blocked(stream)
             else:
                 # Round-robin: the next packet starts with the next stream.
                 del sending[sid]
                 sending[sid] = None
+        if sending and self.flow_send.blocked():
+            self._report_data_blocked()
         return room
+
+    def _report_data_blocked(self) -> None:
+        """DATA_BLOCKED tells the peer its MAX_DATA, not our buffer, holds data back."""
+        limit = self.flow_send.limit
+        if self.data_blocked_at != limit:
+            self.data_blocked_at = limit
+            frame = DataBlocked(limit)
+            self.control.append((frame, (REC_CONTROL, frame)))
+
+    def _report_stream_data_blocked(self, stream) -> None:
+        limit = stream.send.max_stream_data
+        if stream.send.blocked_reported != limit:
+            stream.send.blocked_reported = limit
+            frame = StreamDataBlocked(stream.stream_id, limit)
+            self.control.append((frame, (REC_CONTROL, frame)))
+
+    def report_streams_blocked(self, uni: bool) -> None:
+        """The application wants a stream the peer's MAX_STREAMS does not allow yet."""
+        limit = self.streams.peer_max[uni]
+        if self.streams_blocked_at[uni] != limit:
+            self.streams_blocked_at[uni] = limit
+            frame = StreamsBlocked(not uni, limit)
+            self.control.append((frame, (REC_CONTROL, frame)))
 
     # ------------------------------------------------------------------
     # timers
@@ -1022,6 +1067,8 @@ class Connection:
         if self.state >= State.CLOSING:
             return self.close_deadline
         deadlines = [self.idle_deadline]
+        if self.pacing_deadline is not None:
+            deadlines.append(self.pacing_deadline)
         loss = self.recovery.loss_detection_deadline()
         if loss is not None:
             deadlines.append(loss)
@@ -1042,6 +1089,8 @@ class Connection:
             if self.close_deadline is not None and now >= self.close_deadline:
                 self.state = State.CLOSED
             return
+        if self.pacing_deadline is not None and now >= self.pacing_deadline:
+            self.pacing_deadline = None  # the flush that follows sends what was held
         if now >= self.idle_deadline:
             self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
             self.state = State.CLOSED
@@ -1167,7 +1216,11 @@ class Connection:
 
     def open_stream(self, uni: bool) -> int:
         """The next locally-initiated stream ID; raises StreamLimitError at the peer's limit."""
-        return self.streams.open_local(uni).stream_id
+        try:
+            return self.streams.open_local(uni).stream_id
+        except StreamLimitError:
+            self.report_streams_blocked(uni)
+            raise
 
     def send_stream(self, sid: int, data: bytes, fin: bool, new: bool) -> int:
         """Queue ``data`` on stream ``sid``; returns the bytes taken. ``new`` is

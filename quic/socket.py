@@ -491,6 +491,8 @@ class QuicSocket:
         try:
             conn.streams.open_specific(sid)
         except StreamLimitError:
+            conn.report_streams_blocked(bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK))
+            self.flush()
             raise _err(errno.EAGAIN, "peer's stream limit reached") from None
         except StreamStateError as exc:
             raise _err(errno.EINVAL, str(exc)) from None
@@ -509,7 +511,12 @@ class QuicSocket:
     def _open_stream(self, conn: Connection, uni: bool, flags: int) -> int:
         def can_open() -> bool:
             self._check_alive()
-            return conn.streams.can_open_local(uni)
+            if conn.streams.can_open_local(uni):
+                return True
+            if conn.streams_blocked_at[uni] != conn.streams.peer_max[uni]:
+                conn.report_streams_blocked(uni)
+                self.flush()
+            return False
 
         dontwait = flags & (uapi.MSG_QUIC_STREAM_DONTWAIT | uapi.MSG_DONTWAIT)
         self._wait(can_open, self._deadline(), uapi.MSG_DONTWAIT if dontwait else 0)

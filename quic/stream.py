@@ -177,6 +177,7 @@ class SendStream:
         "_lost",
         "_starts",
         "_tail",
+        "blocked_reported",
         "buffer_limit",
         "fin_written",
         "final_size",
@@ -204,6 +205,7 @@ class SendStream:
         self.sent_end = 0  # highest offset ever sent: what flow control has consumed
         self.fin_written = False
         self.final_size: int | None = None
+        self.blocked_reported = -1  # the limit last named in STREAM_DATA_BLOCKED
         self.max_stream_data = max_stream_data
         self.buffer_limit = buffer_limit
         self.state = _S_READY

@@ -16,6 +16,7 @@ import pytest
 from quic import uapi
 from quic.connection import Connection, ConnectionConfig, State
 from quic.errors import TransportError
+from quic.stream import StreamLimitError
 from quic.transport_params import default_local_parameters
 
 INITIAL, HANDSHAKE, APP = uapi.QUIC_CRYPTO_INITIAL, uapi.QUIC_CRYPTO_HANDSHAKE, uapi.QUIC_CRYPTO_APP
@@ -337,3 +338,81 @@ def test_peer_reset_releases_connection_credit() -> None:
     while pair.server.read_stream(65536) is not None:
         pass  # the application sees the reset stream end
     transfer(pair, 100_000)  # more than the initial window: credit keeps flowing
+
+
+def test_pacing_spreads_a_window_over_the_rtt() -> None:
+    pair = Pair()
+    pair.handshake()
+    client = pair.client
+    client.pacer.update_rate(client.recovery.cc.congestion_window, 1.0)  # a slow path: 1 s RTT
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, bytes(200_000), True, True)
+    first = client.datagrams_to_send(pair.now)
+    assert first and client.pacing_deadline is not None and client.pacing_deadline > pair.now
+    assert client.datagrams_to_send(pair.now) == []  # held by the pacer, not by the window
+    assert client.recovery.cc.available(pair.now) > 0
+    assert client.next_deadline() <= client.pacing_deadline
+    later = client.pacing_deadline + 0.001
+    client.handle_timer(later)
+    assert client.datagrams_to_send(later)
+
+
+def test_probe_packets_do_not_lift_the_congestion_window() -> None:
+    """A PTO allows one or two packets beyond the window, not a whole queue of data."""
+    pair = Pair()
+    pair.handshake()
+    client = pair.client
+    client.pacer.burst = 1 << 30  # take pacing out of the picture
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, bytes(500_000), False, True)
+    while client.datagrams_to_send(pair.now):
+        pass  # fill the window; nothing is delivered
+    assert client.recovery.cc.available(pair.now) < 1200
+    deadline = client.next_deadline()
+    client.handle_timer(deadline)
+    assert client.pending_ping > 0
+    probes = []
+    for _ in range(10):
+        probes += client.datagrams_to_send(deadline)
+    assert 1 <= len(probes) <= 2
+    assert client.pending_ping == 0
+
+
+def received_frame_types(conn: Connection) -> set[str]:
+    seen: set[str] = set()
+
+    def trace(name: str, data: dict) -> None:
+        if name == "transport:packet_received":
+            seen.update(f["frame_type"] for f in data["frames"])
+
+    conn.trace = trace
+    return seen
+
+
+def test_blocked_frames_report_the_limits_that_hold_data_back() -> None:
+    """RFC 9000 §4.1, §4.6: STREAM_DATA_BLOCKED, DATA_BLOCKED and STREAMS_BLOCKED name
+    the limit reached, once per limit."""
+    pair = Pair(
+        initial_max_data=15_000,
+        initial_max_stream_data_bidi_remote=10_000,
+        initial_max_streams_bidi=2,
+    )
+    pair.handshake()
+    seen = received_frame_types(pair.server)
+    client = pair.client
+    first = client.open_stream(uni=False)
+    client.send_stream(first, bytes(30_000), False, True)
+    pair.run_until(lambda: "stream_data_blocked" in seen)
+    assert client.streams.get(first).send.blocked_reported == 10_000
+    second = client.open_stream(uni=False)
+    client.send_stream(second, bytes(30_000), False, True)
+    pair.run_until(lambda: "data_blocked" in seen)
+    assert client.data_blocked_at == 15_000
+    with pytest.raises(StreamLimitError):
+        client.open_stream(uni=False)
+    pair.run_until(lambda: "streams_blocked" in seen)
+    assert client.streams_blocked_at == [2, -1]
+    queued = len(client.control)
+    with pytest.raises(StreamLimitError):
+        client.open_stream(uni=False)
+    assert len(client.control) == queued  # the same limit is not reported twice
