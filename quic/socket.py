@@ -539,7 +539,7 @@ class QuicSocket:
             self._wait(lambda: self._readable(), self._deadline(), flags)
             peer = conn.peer_addr
             try:
-                if conn.notifications:
+                if conn.notifications and self._event_due(conn):
                     event, payload = conn.notifications.popleft()
                     return (
                         bytes((event,)) + payload,
@@ -574,6 +574,14 @@ class QuicSocket:
                 raise self._closed_error() if conn.state >= State.CLOSING else _err(errno.EAGAIN)
             finally:
                 self._update_ready()
+
+    @staticmethod
+    def _event_due(conn: Connection) -> bool:
+        """The close event comes after the data that arrived before it, as it would from
+        the kernel's single receive queue; other events come at once."""
+        if conn.notifications[0][0] != uapi.QUIC_EVENT_CONNECTION_CLOSE:
+            return True
+        return not (conn.readable or conn.datagrams_in)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         return self.recvmsg(bufsize, 0, flags)[0]

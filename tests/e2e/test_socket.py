@@ -337,3 +337,92 @@ def test_alpn_mismatch_reaches_the_client_as_crypto_error(pki, server_thread) ->
     assert "0x178" in text or "376" in text or "no_application_protocol" in text.lower()
     cli.close()
     srv.close()
+
+
+def set_cubic(sock: QuicSocket) -> None:
+    config = uapi.QuicConfig.unpack(sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG))
+    config.congestion_control_algo = uapi.QUIC_CONG_ALG_CUBIC
+    sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
+
+
+def test_cubic_is_selected_by_config(pki, server_thread) -> None:
+    """QUIC_SOCKOPT_CONFIG's congestion_control_algo picks CUBIC on both ends; an
+    accepted socket inherits it from its listener."""
+    srv = listener()
+    set_cubic(srv)
+
+    def serve():
+        child = accept(srv, pki)
+        try:
+            child.settimeout(30)
+            algo = uapi.QuicConfig.unpack(
+                child.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG)
+            ).congestion_control_algo
+            for sid, data in read_streams(child, 1):
+                quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
+            return algo, type(child.conn.recovery.cc).__name__
+        finally:
+            child.close()
+
+    server = server_thread(serve)
+    cli = QuicSocket()
+    cli.settimeout(30)
+    set_cubic(cli)
+    cli.connect(("127.0.0.1", srv.getsockname()[1]))
+    quic_client_handshake(cli, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT)
+    assert type(cli.conn.recovery.cc).__name__ == "Cubic"
+    payload = os.urandom(4 << 20)
+    quic_sendmsg(cli, payload, -1, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    _, digest = read_stream(cli)
+    assert digest == hashlib.sha256(payload).digest()
+    assert server.join() == (uapi.QUIC_CONG_ALG_CUBIC, "Cubic")
+    with pytest.raises(OSError) as exc:
+        bad = uapi.QuicConfig(congestion_control_algo=uapi.QUIC_CONG_ALG_MAX)
+        cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, bad.pack())
+    assert exc.value.errno == errno.EINVAL
+    cli.close()
+    srv.close()
+
+
+def test_events_are_off_by_default_and_reported_when_enabled(pki, server_thread) -> None:
+    srv = listener()
+
+    def serve():
+        child = accept(srv, pki)
+        try:
+            sid, data = read_stream(child)
+            quic_sendmsg(child, data, sid, uapi.MSG_QUIC_STREAM_FIN)
+            close = uapi.QuicConnectionClose(0x77, 0, b"done").pack()
+            child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE, close)
+        finally:
+            child.close()
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    on = uapi.QuicEventOption(uapi.QUIC_EVENT_STREAM_UPDATE, 1).pack()
+    off = uapi.QuicEventOption(uapi.QUIC_EVENT_STREAM_UPDATE, 0).pack()
+    assert cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, off) == off  # default off
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, on)
+    close_on = uapi.QuicEventOption(uapi.QUIC_EVENT_CONNECTION_CLOSE, 1).pack()
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, close_on)
+    assert cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, off) == on
+    quic_sendmsg(cli, b"ping", -1, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    states = []
+    echoed = b""
+    close = None
+    for _ in range(10):
+        data, _, flags = quic_recvmsg(cli, 4096)
+        if flags & uapi.MSG_QUIC_NOTIFICATION:
+            if data[0] == uapi.QUIC_EVENT_STREAM_UPDATE:
+                states.append(uapi.QuicStreamUpdate.unpack(data[1:]).state)
+            elif data[0] == uapi.QUIC_EVENT_CONNECTION_CLOSE:
+                close = uapi.QuicConnectionClose.unpack(data[1:])
+                break
+        else:
+            echoed += data
+    assert echoed == b"ping"
+    assert uapi.QUIC_STREAM_SEND_STATE_RECVD in states
+    assert close is not None and close.errcode == 0x77 and close.phrase.rstrip(b"\0") == b"done"
+    server.join()
+    cli.close()
+    srv.close()
