@@ -416,3 +416,15 @@ def test_blocked_frames_report_the_limits_that_hold_data_back() -> None:
     with pytest.raises(StreamLimitError):
         client.open_stream(uni=False)
     assert len(client.control) == queued  # the same limit is not reported twice
+
+
+def test_peer_exceeding_stream_limit_is_closed_with_the_right_code() -> None:
+    pair = Pair(initial_max_streams_bidi=2)
+    pair.handshake()
+    client = pair.client
+    client.streams.peer_max[0] = 100  # a misbehaving peer ignores our MAX_STREAMS
+    for _ in range(3):
+        client.send_stream(client.open_stream(uni=False), b"x", True, True)
+    pair.run_until(lambda: pair.server.state >= State.CLOSING)
+    assert pair.server.close_info.error_code == TransportError.STREAM_LIMIT_ERROR
+    assert len(pair.server.streams.streams) <= 2
