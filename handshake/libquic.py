@@ -101,6 +101,7 @@ class HandshakeParams:
     psk_identity: str | None = None
     psk_key: bytes | None = None
     psk_file: str | None = None  # "identity:hexkey" lines; a client uses the first
+    psk_table: dict[str, bytes] | None = None  # server: every identity it accepts
     session_data: bytes | None = None  # client: resume this session
     receive_ticket: float = 0.0  # client: seconds to wait for a NewSessionTicket
     ticket_key: bytes | None = None  # server: 64 bytes; None: getsockopt(SESSION_TICKET)
@@ -268,7 +269,7 @@ class _Handshake:
 
     def _use_psk(self) -> bool:
         p = self.p
-        return bool(p.psk_file or p.psk_key is not None)
+        return bool(p.psk_file or p.psk_table or p.psk_key is not None)
 
     def setup(self) -> gnutls.Session:
         p = self.p
@@ -298,6 +299,8 @@ class _Handshake:
         p = self.p
         if p.psk_file:
             table = read_psk_file(p.psk_file)
+        elif p.psk_table:
+            table = p.psk_table
         else:
             assert p.psk_key is not None
             table = {p.psk_identity or "": p.psk_key}
