@@ -20,7 +20,6 @@ import logging
 import select
 import socket
 import struct
-import time
 
 from quic import uapi
 
@@ -44,11 +43,9 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def _recv_message(sock: socket.socket, deadline: float | None) -> bytes:
-    if deadline is not None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
-            raise TimeoutError(errno.ETIMEDOUT, "no answer on the handshake channel")
+def _recv_message(sock: socket.socket, wait: float) -> bytes:
+    if wait <= 0 or not select.select([sock], [], [], wait)[0]:
+        raise TimeoutError(errno.ETIMEDOUT, "no answer on the handshake channel")
     data = sock.recv(MAX_OPERATION + 64)
     if not data:
         raise OperationError(errno.ECONNABORTED, "the other end of the handshake channel closed")
@@ -70,7 +67,7 @@ class RemoteHandshakeSocket:
             self.sock.send(_REQUEST.pack(op, optname, arg) + data)
         except OSError as exc:
             raise OperationError(errno.ECONNABORTED, f"handshake channel: {exc}") from None
-        reply = _recv_message(self.sock, time.monotonic() + wait)
+        reply = _recv_message(self.sock, wait)
         if len(reply) < _REPLY.size:
             raise OperationError(errno.EPROTO, "short reply on the handshake channel")
         err, value = _REPLY.unpack_from(reply)
@@ -82,8 +79,7 @@ class RemoteHandshakeSocket:
 
     def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
         ms = max(1, min(int(timeout * 1000), 0xFFFFFFFF))
-        level, data = self._call(OP_RECV, 0, ms, b"", timeout + self.op_timeout)
-        return level, data
+        return self._call(OP_RECV, 0, ms, b"", timeout + self.op_timeout)
 
     def send_handshake(self, level: int, data: bytes, more: bool) -> None:
         arg = (level << 1) | (MORE if more else 0)

@@ -323,7 +323,7 @@ class Connection:
             frame = NewConnectionId(
                 entry.sequence, self.source_cids.retire_prior_to, entry.cid, entry.reset_token
             )
-            self.control.append((frame, (REC_CONTROL, frame)))
+            self._queue_control(frame)
 
     # ------------------------------------------------------------------
     # receiving
@@ -547,7 +547,7 @@ class Connection:
         final_size = stream.send.on_stop_sending(frame.error_code)
         if final_size is not None:
             reset = ResetStream(frame.stream_id, frame.error_code, final_size)
-            self.control.append((reset, (REC_CONTROL, reset)))
+            self._queue_control(reset)
             self._notify_stream(
                 frame.stream_id,
                 uapi.QUIC_STREAM_SEND_STATE_RESET_SENT,
@@ -597,7 +597,7 @@ class Connection:
         )
         while self.dest_cids.to_retire:
             retire = RetireConnectionId(self.dest_cids.to_retire.pop(0))
-            self.control.append((retire, (REC_CONTROL, retire)))
+            self._queue_control(retire)
         return True
 
     def _on_retire_connection_id(self, frame: RetireConnectionId, level: int, now: float) -> bool:
@@ -1024,28 +1024,32 @@ class Connection:
             self._report_data_blocked()
         return room
 
+    def _queue_control(self, frame) -> None:
+        """A control frame that goes out again if its packet is lost."""
+        self.control.append((frame, (REC_CONTROL, frame)))
+
     def _report_data_blocked(self) -> None:
         """DATA_BLOCKED tells the peer its MAX_DATA, not our buffer, holds data back."""
         limit = self.flow_send.limit
         if self.data_blocked_at != limit:
             self.data_blocked_at = limit
-            frame = DataBlocked(limit)
-            self.control.append((frame, (REC_CONTROL, frame)))
+            self._queue_control(DataBlocked(limit))
 
     def _report_stream_data_blocked(self, stream) -> None:
         limit = stream.send.max_stream_data
         if stream.send.blocked_reported != limit:
             stream.send.blocked_reported = limit
-            frame = StreamDataBlocked(stream.stream_id, limit)
-            self.control.append((frame, (REC_CONTROL, frame)))
+            self._queue_control(StreamDataBlocked(stream.stream_id, limit))
 
-    def report_streams_blocked(self, uni: bool) -> None:
-        """The application wants a stream the peer's MAX_STREAMS does not allow yet."""
+    def report_streams_blocked(self, uni: bool) -> bool:
+        """The application wants a stream the peer's MAX_STREAMS does not allow yet.
+        True when a STREAMS_BLOCKED was queued: this limit had not been reported."""
         limit = self.streams.peer_max[uni]
-        if self.streams_blocked_at[uni] != limit:
-            self.streams_blocked_at[uni] = limit
-            frame = StreamsBlocked(not uni, limit)
-            self.control.append((frame, (REC_CONTROL, frame)))
+        if self.streams_blocked_at[uni] == limit:
+            return False
+        self.streams_blocked_at[uni] = limit
+        self._queue_control(StreamsBlocked(not uni, limit))
+        return True
 
     # ------------------------------------------------------------------
     # timers
@@ -1287,7 +1291,7 @@ class Connection:
             raise ValueError("no such stream to reset")
         final_size = stream.send.reset(error_code)
         frame = ResetStream(sid, error_code, final_size)
-        self.control.append((frame, (REC_CONTROL, frame)))
+        self._queue_control(frame)
         self.sending.pop(sid, None)
         self.streams.maybe_forget(sid)
 
@@ -1297,7 +1301,7 @@ class Connection:
             raise ValueError("no such stream")
         stream.recv.stop_sending(error_code)
         frame = StopSending(sid, error_code)
-        self.control.append((frame, (REC_CONTROL, frame)))
+        self._queue_control(frame)
 
     def send_datagram(self, data: bytes) -> None:
         """RFC 9221: queued once, never retransmitted."""

@@ -491,8 +491,8 @@ class QuicSocket:
         try:
             conn.streams.open_specific(sid)
         except StreamLimitError:
-            conn.report_streams_blocked(bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK))
-            self.flush()
+            if conn.report_streams_blocked(bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK)):
+                self.flush()
             raise _err(errno.EAGAIN, "peer's stream limit reached") from None
         except StreamStateError as exc:
             raise _err(errno.EINVAL, str(exc)) from None
@@ -513,8 +513,7 @@ class QuicSocket:
             self._check_alive()
             if conn.streams.can_open_local(uni):
                 return True
-            if conn.streams_blocked_at[uni] != conn.streams.peer_max[uni]:
-                conn.report_streams_blocked(uni)
+            if conn.report_streams_blocked(uni):
                 self.flush()
             return False
 
