@@ -321,6 +321,8 @@ class QuicSocket:
 
     def _update_ready(self) -> None:
         """Keep the readiness pipe in step with whether recvmsg/accept would block."""
+        if self._ready_w < 0:
+            return
         ready = self._readable() or self._released
         if ready and not self._ready:
             os.write(self._ready_w, b"\0")
@@ -901,11 +903,12 @@ class QuicSocket:
                 else:
                     tunnel, self.tunnel = self.tunnel, None
                     put_tunnel(tunnel)
-            for fd in (self._ready_r, self._ready_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            # A lingering connection still flushes through this object: mark the pipe
+            # gone so that no write lands on a descriptor number reused elsewhere.
+            ready_r, ready_w = self._ready_r, self._ready_w
+            self._ready_r = self._ready_w = -1
+            os.close(ready_r)
+            os.close(ready_w)
 
 
 def socket(

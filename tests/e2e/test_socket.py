@@ -426,3 +426,28 @@ def test_events_are_off_by_default_and_reported_when_enabled(pki, server_thread)
     server.join()
     cli.close()
     srv.close()
+
+
+def test_a_closed_socket_never_touches_descriptors_reused_after_it(pki, server_thread) -> None:
+    """A closed socket's connection lingers through its closing period and keeps
+    flushing; the readiness pipe it had is gone, and its numbers may already belong to
+    someone else."""
+    srv = listener()
+    server = server_thread(lambda: accept(srv, pki))
+    cli = connect(srv.getsockname()[1], pki)
+    server.join()
+    old = {cli.fileno()}
+    cli.close()
+    assert cli.fileno() == -1
+    reused_r, reused_w = os.pipe()
+    os.set_blocking(reused_r, False)
+    try:
+        assert old & {reused_r, reused_w}  # the numbers came back, as they do in a server
+        cli.flush()
+        cli.timer_expired(cli.conn.next_deadline() or 0.0)
+        with pytest.raises(BlockingIOError):
+            os.read(reused_r, 1)
+    finally:
+        os.close(reused_r)
+        os.close(reused_w)
+        srv.close()
