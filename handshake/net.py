@@ -16,12 +16,13 @@ status, peerid)`` runs later on a worker thread, ``status`` being 0 or a negativ
 as in the kernel. Without it, the call blocks and returns the peer ID, or raises
 :class:`HandshakeFailed` (an ``OSError``). Either way a call that cannot start the
 request raises at once and never calls ``ta_done``: ``ENOENT``/``ECONNREFUSED`` when no
-agent is running, ``EACCES`` when the agent refuses this process.
+agent is running, ``EACCES`` when the agent's socket file shuts this process out.
 
 Status values: 0 done; ``ETIMEDOUT`` the handshake outlived ``ta_timeout_ms``;
-``EACCES`` the agent's policy refused it; ``ENOKEY`` no such certificate or PSK in the
-agent's key table; ``EIO`` TLS failed (the message names the alert); ``ECONNABORTED``
-the agent went away mid-handshake.
+``EACCES`` the agent's policy (peer credentials) refused it; ``ENOKEY`` no such
+certificate or PSK in the agent's key table; ``EIO`` TLS failed (the message names the
+alert); ``ECONNABORTED`` the agent went away mid-handshake; ``ECANCELED`` (blocking
+style only) another thread called :func:`tls_handshake_cancel`.
 """
 
 from __future__ import annotations
