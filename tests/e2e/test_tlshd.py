@@ -3,6 +3,7 @@ that use only quic.kernel: X.509 and PSK handshakes, and every way a request can
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -185,12 +186,35 @@ def no_private_keys_here(monkeypatch, pki):
     opened.append("test over")  # the audit hook cannot be removed; stop it counting
 
 
+def run_pair(serve, client, alpn: bytes = b"smb") -> None:
+    """A kernel-API listener whose accepted socket goes to ``serve`` on a thread and a
+    client socket connected to it that goes to ``client``; all released after."""
+    lsock = listen_kernel(alpn)
+
+    def accept_one() -> None:
+        nsock = kernel_accept(lsock)
+        try:
+            serve(nsock)
+        finally:
+            sock_release(nsock)
+
+    server = threading.Thread(target=accept_one, daemon=True)
+    server.start()
+    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
+    try:
+        kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
+        client(csock)
+        server.join(10)
+        assert not server.is_alive()
+    finally:
+        sock_release(csock)
+        sock_release(lsock)
+
+
 def test_x509_handshake_through_the_agent(agent, no_private_keys_here) -> None:
-    lsock = listen_kernel()
     result: dict = {}
 
-    def serve() -> None:
-        nsock = kernel_accept(lsock)
+    def serve(nsock) -> None:
         done = threading.Event()
 
         def on_done(data, status, peerid) -> None:
@@ -200,74 +224,63 @@ def test_x509_handshake_through_the_agent(agent, no_private_keys_here) -> None:
         assert hs.tls_server_hello_x509(args(nsock, agent, ta_done=on_done, ta_data="cookie")) == 0
         assert done.wait(10)
         echo_once(nsock)
-        sock_release(nsock)
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
-    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
-    peerid = hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_alpn="smb"))
-    assert peerid == hs.TLS_NO_PEERID
-    assert ping(csock) == b"ping"
-    server.join(10)
+    def client(csock) -> None:
+        peerid = hs.tls_client_hello_x509(
+            args(csock, agent, ta_peername="server.test", ta_alpn="smb")
+        )
+        assert peerid == hs.TLS_NO_PEERID
+        assert ping(csock) == b"ping"
+        alpn = csock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, 64)
+        assert alpn.rstrip(b"\0") == b"smb"
+
+    run_pair(serve, client)
     assert result["server"] == ("cookie", 0, hs.TLS_NO_PEERID)
-    alpn = csock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, 64)
-    assert alpn.rstrip(b"\0") == b"smb"
-    sock_release(csock)
-    sock_release(lsock)
     log = agent.log()
     assert "handshake server auth=x509" in log and "handshake client auth=x509" in log
     assert "alpn=smb" in log and "result=ok" in log
 
 
 def test_named_certificate_and_psk_pair(agent, no_private_keys_here) -> None:
-    lsock = listen_kernel(b"sunrpc")
+    serial = nl.key_serial("nfs-psk")
     server_peer: list[int] = []
 
-    def serve() -> None:
-        nsock = kernel_accept(lsock)
+    def serve_psk(nsock) -> None:
         server_peer.append(hs.tls_server_hello_psk(args(nsock, agent)))
         echo_once(nsock)
-        sock_release(nsock)
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
-    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
-    serial = nl.key_serial("nfs-psk")
-    hs.tls_client_hello_psk(args(csock, agent, ta_alpn="sunrpc"), serial)
-    assert ping(csock) == b"ping"
-    server.join(10)
+    def client_psk(csock) -> None:
+        hs.tls_client_hello_psk(args(csock, agent, ta_alpn="sunrpc"), serial)
+        assert ping(csock) == b"ping"
+
+    run_pair(serve_psk, client_psk, b"sunrpc")
     assert server_peer == [serial]
-    sock_release(csock)
-    sock_release(lsock)
     assert "psk='nfs-client-1'" in agent.log()
 
-    # A server naming its certificate in the agent's key table.
-    lsock = listen_kernel()
-
-    def serve_named() -> None:
-        nsock = kernel_accept(lsock)
+    def serve_named(nsock) -> None:
+        """A server naming its certificate in the agent's key table."""
         hs.tls_server_hello_x509(args(nsock, agent, ta_my_cert=nl.key_serial("smb")))
         echo_once(nsock)
-        sock_release(nsock)
 
-    server = threading.Thread(target=serve_named, daemon=True)
-    server.start()
-    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
-    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
-    hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_alpn="smb"))
-    assert ping(csock) == b"ping"
-    server.join(10)
-    sock_release(csock)
-    sock_release(lsock)
+    def client_x509(csock) -> None:
+        hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_alpn="smb"))
+        assert ping(csock) == b"ping"
+
+    run_pair(serve_named, client_x509)
 
 
-def silent_server():
-    """A UDP port that swallows Initials: the client's handshake never progresses."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+@contextlib.contextmanager
+def stalled_client():
+    """A client socket aimed at a UDP port that swallows Initials: its handshake never
+    progresses, so the request stays in flight until something ends it."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    csock = client_to(silent.getsockname()[1])
+    try:
+        yield csock
+    finally:
+        sock_release(csock)
+        silent.close()
 
 
 def client_to(port: int):
@@ -289,45 +302,31 @@ def test_agent_not_running(tmp_path) -> None:
 
 
 def test_timeout_reported_within_the_timeout(agent) -> None:
-    silent = silent_server()
-    csock = client_to(silent.getsockname()[1])
-    with pytest.raises(hs.HandshakeFailed) as exc:
+    with stalled_client() as csock, pytest.raises(hs.HandshakeFailed) as exc:
         hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_timeout_ms=700))
     assert exc.value.errno == errno.ETIMEDOUT
     # The agent's own 700 ms deadline ended it, not the consumer's fallback wait.
     assert str(exc.value).endswith("the handshake timed out")
     assert "result=timeout" in agent.log()
-    sock_release(csock)
-    silent.close()
 
 
 def test_wrong_certificate_is_a_tls_error(agent) -> None:
-    lsock = listen_kernel()
-
-    def serve() -> None:
-        nsock = kernel_accept(lsock)
+    def serve(nsock) -> None:
         try:
             hs.tls_server_hello_x509(args(nsock, agent))
         except hs.HandshakeFailed:
             pass  # the client's alert ends the server's handshake too
-        sock_release(nsock)
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
-    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
-    with pytest.raises(hs.HandshakeFailed) as exc:
-        hs.tls_client_hello_x509(args(csock, agent, ta_peername="wrong.test", ta_alpn="smb"))
-    assert exc.value.errno == errno.EIO
-    assert "alert" in str(exc.value)
-    server.join(10)
-    sock_release(csock)
-    sock_release(lsock)
+    def client(csock) -> None:
+        with pytest.raises(hs.HandshakeFailed) as exc:
+            hs.tls_client_hello_x509(args(csock, agent, ta_peername="wrong.test", ta_alpn="smb"))
+        assert exc.value.errno == errno.EIO
+        assert "alert" in str(exc.value)
+
+    run_pair(serve, client)
 
 
 def test_agent_killed_mid_handshake_then_restarted(agent) -> None:
-    silent = silent_server()
-    csock = client_to(silent.getsockname()[1])
     outcome: list[int] = []
     finished = threading.Event()
 
@@ -335,13 +334,12 @@ def test_agent_killed_mid_handshake_then_restarted(agent) -> None:
         outcome.append(status)
         finished.set()
 
-    hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_done=on_done))
-    time.sleep(0.3)
-    agent.kill()
-    assert finished.wait(5)
+    with stalled_client() as csock:
+        hs.tls_client_hello_x509(args(csock, agent, ta_peername="server.test", ta_done=on_done))
+        time.sleep(0.3)
+        agent.kill()
+        assert finished.wait(5)
     assert outcome == [-errno.ECONNABORTED]
-    sock_release(csock)
-    silent.close()
     agent.start()
     test_x509_handshake_succeeds_again(agent)
 
@@ -354,50 +352,34 @@ def test_x509_handshake_succeeds_again(agent) -> None:
 def x509_pair(agent_socket: str | None) -> None:
     """An X.509 server and client consumer through the agent at ``agent_socket`` (None:
     this process's default), then one stream each way."""
-    lsock = listen_kernel()
 
-    def serve() -> None:
-        nsock = kernel_accept(lsock)
-        hs.tls_server_hello_x509(
-            hs.TlsHandshakeArgs(ta_sock=nsock, ta_agent=agent_socket, ta_timeout_ms=TIMEOUT_MS)
+    def request(sock, **kw) -> hs.TlsHandshakeArgs:
+        return hs.TlsHandshakeArgs(
+            ta_sock=sock, ta_agent=agent_socket, ta_timeout_ms=TIMEOUT_MS, **kw
         )
+
+    def serve(nsock) -> None:
+        hs.tls_server_hello_x509(request(nsock))
         echo_once(nsock)
-        sock_release(nsock)
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    csock = sock_create(socket.AF_INET, socket.SOCK_DGRAM, uapi.IPPROTO_QUIC)
-    kernel_connect(csock, ("127.0.0.1", lsock.getsockname()[1]))
-    hs.tls_client_hello_x509(
-        hs.TlsHandshakeArgs(
-            ta_sock=csock,
-            ta_agent=agent_socket,
-            ta_timeout_ms=TIMEOUT_MS,
-            ta_peername="server.test",
-            ta_alpn="smb",
-        )
-    )
-    assert ping(csock) == b"ping"
-    server.join(10)
-    assert not server.is_alive()
-    sock_release(csock)
-    sock_release(lsock)
+    def client(csock) -> None:
+        hs.tls_client_hello_x509(request(csock, ta_peername="server.test", ta_alpn="smb"))
+        assert ping(csock) == b"ping"
+
+    run_pair(serve, client)
 
 
 def test_cancel_stops_the_request_without_a_callback(agent) -> None:
-    silent = silent_server()
-    csock = client_to(silent.getsockname()[1])
     calls: list[int] = []
-    hs.tls_client_hello_x509(
-        args(csock, agent, ta_peername="server.test", ta_done=lambda *a: calls.append(a[1]))
-    )
-    time.sleep(0.2)
-    assert hs.tls_handshake_cancel(csock) is True
-    assert hs.tls_handshake_cancel(csock) is False  # nothing left to cancel
-    time.sleep(0.5)
+    with stalled_client() as csock:
+        hs.tls_client_hello_x509(
+            args(csock, agent, ta_peername="server.test", ta_done=lambda *a: calls.append(a[1]))
+        )
+        time.sleep(0.2)
+        assert hs.tls_handshake_cancel(csock) is True
+        assert hs.tls_handshake_cancel(csock) is False  # nothing left to cancel
+        time.sleep(0.5)
     assert calls == []
-    sock_release(csock)
-    silent.close()
     test_x509_handshake_succeeds_again(agent)
 
 
@@ -514,15 +496,10 @@ def wait_for_log(agent: AgentProcess, words: str) -> bool:
 
 
 def psk_client(agent: AgentProcess, key: str) -> None:
-    """A client PSK request for ``key``; a silent server, since the agent refuses
-    unknown keys before any packet is sent."""
-    silent = silent_server()
-    csock = client_to(silent.getsockname()[1])
-    try:
+    """A client PSK request for ``key``: the agent refuses unknown keys before any
+    packet is sent, and times out on a known one."""
+    with stalled_client() as csock:
         hs.tls_client_hello_psk(args(csock, agent, ta_timeout_ms=700), nl.key_serial(key))
-    finally:
-        sock_release(csock)
-        silent.close()
 
 
 def test_sighup_reloads_and_a_broken_config_keeps_the_old(agent) -> None:
