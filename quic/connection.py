@@ -19,7 +19,14 @@ from enum import IntEnum
 from . import uapi
 from .cong import Pacer, make_congestion_control
 from .connid import DestinationConnectionIds, SourceConnectionIds
-from .crypto import CipherSuite, DecryptionError, PacketKeys, initial_secrets
+from .crypto import (
+    CONFIDENTIALITY_LIMIT,
+    INTEGRITY_LIMIT,
+    CipherSuite,
+    DecryptionError,
+    PacketKeys,
+    initial_secrets,
+)
 from .errors import QuicError, TransportError
 from .frame import (
     Ack,
@@ -75,6 +82,8 @@ AEAD_TAG_SIZE = 16
 MAX_BUFFERED_PACKETS = 16
 # Datagrams produced per call, so one call cannot monopolise the caller's thread.
 MAX_DATAGRAMS_PER_FLUSH = 64
+# DATAGRAM frames queued each way (RFC 9221 §5: they may be dropped, never block).
+MAX_QUEUED_DATAGRAMS = 256
 
 INITIAL, HANDSHAKE, APP, EARLY = (
     uapi.QUIC_CRYPTO_INITIAL,
@@ -168,9 +177,19 @@ class Connection:
         self.spaces = [PnSpace(), PnSpace(), PnSpace()]
         self.send_keys: list[PacketKeys | None] = [None] * 4
         self.recv_keys: list[PacketKeys | None] = [None] * 4
+        # 1-RTT key updates (RFC 9001 §6): our send phase, the peer's, the keys either
+        # side of the current receive generation, and what limits the next update.
+        self.key_phase = 0
+        self.recv_phase = 0
         self.recv_keys_next: PacketKeys | None = None
         self.recv_keys_prev: PacketKeys | None = None
-        self.key_phase = 0
+        self.recv_prev_until = 0.0
+        self.recv_phase_first_pn = 0
+        self.key_update_pn: int | None = None  # first packet sent on keys not yet acked
+        self.packets_on_key = 0
+        self.confidentiality_limit = 0
+        self.integrity_limit = 0
+        self.failed_opens = 0
         self.crypto = {lvl: CryptoStream() for lvl in (INITIAL, HANDSHAKE, APP)}
         self.recovery = LossRecovery(
             make_congestion_control(config.congestion_control, config.max_datagram_size),
@@ -248,6 +267,9 @@ class Connection:
             self.recv_keys[level] = keys
             if level == APP:
                 self.recv_keys_next = keys.next_generation()
+        if level == APP:
+            self.confidentiality_limit = CONFIDENTIALITY_LIMIT[keys.suite]
+            self.integrity_limit = INTEGRITY_LIMIT[keys.suite]
         if level in (HANDSHAKE, APP) and not send:
             self._replay_buffered(level)
         if level == EARLY and not send:
@@ -373,12 +395,14 @@ class Connection:
         space = self.spaces[LEVEL_SPACE[level]]
         try:
             if level == APP:
-                plain_header, pn, payload = self._open_app_packet(packet, pn_offset, space)
+                plain_header, pn, payload = self._open_app_packet(packet, pn_offset, space, now)
             else:
                 plain_header, pn, payload = keys.unprotect(
                     packet, pn_offset, space.largest_received
                 )
         except DecryptionError:
+            if level == APP:
+                self._count_failed_open()
             return
         first = plain_header[0]
         if first & (0x0C if first & 0x80 else 0x18):
@@ -409,35 +433,70 @@ class Connection:
         space.on_received(pn, ack_eliciting, now)
         self.idle_deadline = now + self._idle_timeout()
 
-    def _open_app_packet(self, packet: memoryview, pn_offset: int, space: PnSpace):
-        """Open a 1-RTT packet, following the peer's key phase (RFC 9001 §6)."""
+    def _open_app_packet(self, packet: memoryview, pn_offset: int, space: PnSpace, now: float):
+        """Open a 1-RTT packet with the keys its key phase bit and number call for
+        (RFC 9001 §6.3): current, the previous generation for late packets, or the next
+        one when the peer has updated."""
         keys = self.recv_keys[APP]
         plain_header, first, truncated, pn_len = keys.remove_header_protection(packet, pn_offset)
         pn = keys.recover_packet_number(truncated, pn_len, space.largest_received)
-        phase = (first >> 2) & 1
-        if phase == self.key_phase:
-            return (
-                plain_header,
-                pn,
-                keys.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn),
-            )
-        if self.recv_keys_prev is not None and pn < space.largest_received:
+        body = pn_offset + pn_len
+        if (first >> 2) & 1 == self.recv_phase:
+            payload = keys.decrypt_payload(plain_header, packet, body, pn)
+            if pn < self.recv_phase_first_pn:
+                self.recv_phase_first_pn = pn
+            return plain_header, pn, payload
+        if pn < self.recv_phase_first_pn:
             prev = self.recv_keys_prev
-            return (
-                plain_header,
-                pn,
-                prev.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn),
-            )
-        # The peer started a key update: the next generation must open it.
-        nxt = self.recv_keys_next
-        payload = nxt.decrypt_payload(plain_header, packet, pn_offset + pn_len, pn)
-        self.recv_keys_prev = keys
-        self.recv_keys[APP] = nxt
-        self.recv_keys_next = nxt.next_generation()
-        self.key_phase ^= 1
-        self.send_keys[APP] = self.send_keys[APP].next_generation()
-        self._notify(uapi.QUIC_EVENT_KEY_UPDATE, bytes((self.key_phase,)))
+            if prev is None or now > self.recv_prev_until:
+                self.recv_keys_prev = None  # kept for 3 PTOs only (RFC 9001 §6.5)
+                raise DecryptionError("late packet from a discarded key phase")
+            return plain_header, pn, prev.decrypt_payload(plain_header, packet, body, pn)
+        payload = self.recv_keys_next.decrypt_payload(plain_header, packet, body, pn)
+        self._on_peer_key_phase(pn, now)
         return plain_header, pn, payload
+
+    def _on_peer_key_phase(self, pn: int, now: float) -> None:
+        """The peer's packets moved to the next key phase: follow on receive, and on send
+        too unless this answers our own update."""
+        self.recv_keys_prev = self.recv_keys[APP]
+        self.recv_keys[APP] = self.recv_keys_next
+        self.recv_keys_next = self.recv_keys_next.next_generation()
+        self.recv_prev_until = now + 3 * self.recovery.pto_interval()
+        self.recv_phase ^= 1
+        self.recv_phase_first_pn = pn
+        if self.recv_phase != self.key_phase:
+            self._next_send_keys()
+        self._notify(uapi.QUIC_EVENT_KEY_UPDATE, bytes((self.key_phase,)))
+
+    def _next_send_keys(self) -> None:
+        self.send_keys[APP] = self.send_keys[APP].next_generation()
+        self.key_phase ^= 1
+        self.key_update_pn = self.spaces[PacketNumberSpace.APPLICATION].next_pn
+        self.packets_on_key = 0
+
+    def can_update_keys(self) -> bool:
+        """RFC 9001 §6.1: only once the handshake is confirmed, the peer is on our phase,
+        and a packet sent on the current keys has been acknowledged."""
+        return (
+            self.state == State.ESTABLISHED
+            and self.handshake_confirmed
+            and self.key_update_pn is None
+            and self.recv_phase == self.key_phase
+        )
+
+    def update_keys(self) -> bool:
+        """QUIC_SOCKOPT_KEY_UPDATE: start a key update now, if one may start."""
+        if not self.can_update_keys():
+            return False
+        self._next_send_keys()
+        return True
+
+    def _count_failed_open(self) -> None:
+        """RFC 9001 §6.6: past the integrity limit, forgeries could succeed; stop."""
+        self.failed_opens += 1
+        if self.integrity_limit and self.failed_opens >= self.integrity_limit:
+            raise QuicError(TransportError.AEAD_LIMIT_REACHED, 0, "AEAD integrity limit reached")
 
     def _buffer_packet(self, level: int, packet: bytes, now: float) -> None:
         """Keep a packet whose keys are not there yet (RFC 9001 §5.7), unless that level is
@@ -479,6 +538,8 @@ class Connection:
         ack_delay = (frame.ack_delay << exponent) / 1e6 if level == APP else 0.0
         result = self.recovery.on_ack_received(space_id, frame.ranges, ack_delay, now, frame.ecn)
         space.on_acked(frame.largest)
+        if level == APP and self.key_update_pn is not None and frame.largest >= self.key_update_pn:
+            self.key_update_pn = None
         self.pacer.update_rate(self.recovery.cc.congestion_window, self.recovery.rtt.smoothed_rtt)
         for pkt in result.acked:
             for rec in pkt.frames:
@@ -640,13 +701,15 @@ class Connection:
         return True
 
     def _on_datagram(self, frame: Datagram, level: int, now: float) -> bool:
-        if (
-            not self.local_params.max_datagram_frame_size
-            or len(frame.data) > self.local_params.max_datagram_frame_size
-        ):
+        """RFC 9221 §3: a DATAGRAM frame larger than we advertised, or any when we did
+        not, is a PROTOCOL_VIOLATION. A reader that falls behind loses the oldest."""
+        limit = self.local_params.max_datagram_frame_size
+        if not limit or datagram_frame_size(len(frame.data)) > limit:
             raise QuicError(
                 TransportError.PROTOCOL_VIOLATION, FrameType.DATAGRAM, "unexpected DATAGRAM"
             )
+        if len(self.datagrams_in) >= MAX_QUEUED_DATAGRAMS:
+            self.datagrams_in.popleft()
         self.datagrams_in.append(bytes(frame.data))
         return True
 
@@ -830,6 +893,7 @@ class Connection:
             payload += bytes(4 - pn_len - len(payload))
         dcid = self.dest_cids.active.cid
         if level == APP:
+            self._count_protected()
             header = encode_short_header(dcid, pn, pn_len, self.key_phase)
         else:
             header = encode_long_header(
@@ -843,6 +907,20 @@ class Connection:
                 pn_len,
             )
         return self.send_keys[level].protect(header, payload, pn)
+
+    def _count_protected(self) -> None:
+        """RFC 9001 §6.6: update keys well before the confidentiality limit; a key that
+        reaches it cannot be used any more."""
+        self.packets_on_key += 1
+        if self.packets_on_key >= self.confidentiality_limit * 3 // 4:
+            self.update_keys()
+        if self.packets_on_key >= self.confidentiality_limit and self.state < State.CLOSED:
+            # No key may protect more: end silently, as the RFC asks.
+            self.close_info = CloseInfo(
+                TransportError.AEAD_LIMIT_REACHED, 0, b"AEAD confidentiality limit", False
+            )
+            self.state = State.CLOSED
+            self._notify_close()
 
     def _build_packet(self, level: int, max_size: int, now: float, cc_room: int):
         """Frames for one packet at ``level``: (level, size, payload parts, SentPacket) or None.
@@ -981,7 +1059,7 @@ class Connection:
 
     def _fill_datagrams(self, room: int, parts: list, records: list) -> int:
         out = self.datagrams_out
-        while out and room > len(out[0]) + 8:
+        while out and room >= datagram_frame_size(len(out[0])):
             data = out.popleft()
             buf = bytearray()
             encode_frame(Datagram(data, True), buf)
@@ -1303,14 +1381,20 @@ class Connection:
         frame = StopSending(sid, error_code)
         self._queue_control(frame)
 
-    def send_datagram(self, data: bytes) -> None:
-        """RFC 9221: queued once, never retransmitted."""
+    def send_datagram(self, data: bytes) -> bool:
+        """RFC 9221: queued once, sent when congestion control allows, never
+        retransmitted. False when the queue is full (the caller waits or drops)."""
         limit = self.peer_params.max_datagram_frame_size if self.peer_params else None
         if not limit:
             raise ValueError("peer does not accept DATAGRAM frames")
-        if len(data) + 8 > min(limit, self.max_datagram_size - 40):
-            raise OverflowError("datagram too large for one packet")
+        size = datagram_frame_size(len(data))
+        room = self.max_datagram_size - self._header_size(APP, 4) - AEAD_TAG_SIZE
+        if size > min(limit, room):
+            raise OverflowError(f"a {len(data)}-byte datagram does not fit in one packet")
+        if len(self.datagrams_out) >= MAX_QUEUED_DATAGRAMS:
+            return False
         self.datagrams_out.append(bytes(data))
+        return True
 
 
 _QLOG_PACKET_TYPE = {
@@ -1381,6 +1465,11 @@ def _sent_event(ptype: PacketType, sent: SentPacket) -> dict:
         "raw": {"length": sent.sent_bytes},
         "frames": frames,
     }
+
+
+def datagram_frame_size(length: int) -> int:
+    """Bytes of a DATAGRAM frame with a Length field (type 0x31) carrying ``length``."""
+    return 1 + varint_size(length) + length
 
 
 class StreamClosedError(Exception):

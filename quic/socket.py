@@ -24,9 +24,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 
 from . import uapi
-from .connection import Connection, ConnectionConfig, State, StreamClosedError
+from .connection import (
+    MAX_QUEUED_DATAGRAMS,
+    Connection,
+    ConnectionConfig,
+    State,
+    StreamClosedError,
+)
 from .errors import QuicError, TransportError
 from .qlog import QlogWriter
 from .stream import StreamLimitError, StreamStateError
@@ -422,12 +429,18 @@ class QuicSocket:
     def _send_datagram(self, data: bytes, flags: int) -> int:
         with self._lock:
             conn = self._wait_established(flags)
-            try:
-                conn.send_datagram(data)
-            except ValueError as exc:
-                raise _err(errno.EINVAL, str(exc)) from None
-            except OverflowError as exc:
-                raise _err(errno.EMSGSIZE, str(exc)) from None
+            deadline = self._deadline()
+            while True:
+                try:
+                    if conn.send_datagram(data):
+                        break
+                except ValueError as exc:
+                    raise _err(errno.EINVAL, str(exc)) from None
+                except OverflowError as exc:
+                    raise _err(errno.EMSGSIZE, str(exc)) from None
+                self.flush()
+                self._wait(partial(_datagram_room, conn), deadline, flags)
+                conn = self._check_alive()
             if not flags & uapi.MSG_MORE:
                 self.flush()
             return len(data)
@@ -715,6 +728,15 @@ class QuicSocket:
         info = uapi.QuicErrinfo.unpack(value)
         self._check_alive().stop_sending(info.stream_id, info.errcode)
 
+    def _set_key_update(self, value: bytes) -> None:
+        """Start a 1-RTT key update: EPIPE unless established, EAGAIN while the previous
+        update is unconfirmed (RFC 9001 §6.1 allows one at a time)."""
+        conn = self.conn
+        if conn is None or conn.state != State.ESTABLISHED:
+            raise _err(errno.EPIPE, "not established")
+        if not conn.update_keys():
+            raise _err(errno.EAGAIN, "the previous key update is not yet confirmed")
+
     def _set_connection_close(self, value: bytes) -> None:
         if len(value) < 5:
             raise ValueError("short connection close record")
@@ -833,7 +855,7 @@ class QuicSocket:
         uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING: _set_stop_sending,
         uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _set_connection_close,
         uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION: _unsupported,
-        uapi.QUIC_SOCKOPT_KEY_UPDATE: _unsupported,
+        uapi.QUIC_SOCKOPT_KEY_UPDATE: _set_key_update,
         uapi.QUIC_SOCKOPT_CONNECTION_ID: _unsupported,
         uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _set_transport_param,
         uapi.QUIC_SOCKOPT_CONFIG: _set_config,
@@ -909,6 +931,10 @@ class QuicSocket:
             self._ready_r = self._ready_w = -1
             os.close(ready_r)
             os.close(ready_w)
+
+
+def _datagram_room(conn: Connection) -> bool:
+    return len(conn.datagrams_out) < MAX_QUEUED_DATAGRAMS or conn.state >= State.CLOSING
 
 
 def socket(

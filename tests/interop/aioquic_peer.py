@@ -6,9 +6,13 @@ Runs in its own process so that it shares nothing with kquic but the network:
     python -m tests.interop.aioquic_peer client https://127.0.0.1:P/file ... --output DIR
     python -m tests.interop.aioquic_peer perf-server --port P --cert C --key K
     python -m tests.interop.aioquic_peer perf-client --port P (--send N | --recv N)
+    python -m tests.interop.aioquic_peer datagram-server --port P --cert C --key K
+    python -m tests.interop.aioquic_peer datagram-client --port P --count N
 
 The server prints ``ready <port>`` once listening. The client exits 0 only if every
-file arrived. The perf pair moves N bytes on one stream and prints a JSON line.
+file arrived. The perf pair moves N bytes on one stream and prints a JSON line. The datagram server
+echoes each DATAGRAM frame (RFC 9221); the datagram client sends N, resending those
+not yet echoed, and prints how many came back.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from aioquic import tls
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.events import DatagramFrameReceived, StreamDataReceived
 
 ALPN = "hq-interop"
 PERF_ALPN = "perf"
+DATAGRAM_ALPN = "dgram"
 CHUNK = 65536
 
 
@@ -85,6 +91,47 @@ class PerfServer(QuicConnectionProtocol):
             self.transmit()
 
 
+class DatagramEcho(QuicConnectionProtocol):
+    def quic_event_received(self, event) -> None:
+        if isinstance(event, DatagramFrameReceived):
+            self._quic.send_datagram_frame(event.data)
+            self.transmit()
+
+
+class DatagramClient(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.echoed: set[bytes] = set()
+        self.changed = asyncio.Event()
+
+    def quic_event_received(self, event) -> None:
+        if isinstance(event, DatagramFrameReceived):
+            self.echoed.add(event.data)
+            self.changed.set()
+
+
+async def datagram_client(args: argparse.Namespace) -> int:
+    config = client_config(args, DATAGRAM_ALPN)
+    config.max_datagram_frame_size = 65536
+    wanted = {b"datagram %d" % i for i in range(args.count)}
+    async with connect(
+        args.host, args.port, configuration=config, create_protocol=DatagramClient
+    ) as proto:
+        for _ in range(20):  # rounds: send what is missing, wait a little for echoes
+            for data in sorted(wanted - proto.echoed):
+                proto._quic.send_datagram_frame(data)
+            proto.transmit()
+            proto.changed.clear()
+            try:
+                await asyncio.wait_for(proto.changed.wait(), 0.5)
+            except TimeoutError:
+                pass
+            if wanted <= proto.echoed:
+                break
+    print(json.dumps({"echoed": len(wanted & proto.echoed)}), flush=True)
+    return 0 if wanted <= proto.echoed else 1
+
+
 async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[alpn], max_datagram_frame_size=65536
@@ -114,14 +161,23 @@ class HqClient(QuicConnectionProtocol):
     """Remembers which streams ended with FIN: aioquic's stream reader also reports end of
     file when the connection dies, and a truncated file must not count as received."""
 
+    key_update = False  # --key-update: update keys once the first data has arrived
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.finished: set[int] = set()
 
     def quic_event_received(self, event) -> None:
-        if isinstance(event, StreamDataReceived) and event.end_stream:
-            self.finished.add(event.stream_id)
+        if isinstance(event, StreamDataReceived):
+            if event.end_stream:
+                self.finished.add(event.stream_id)
+            if self.key_update and event.data:
+                self._quic.request_key_update()
+                self.key_update = False
         super().quic_event_received(event)
+
+    def key_phase(self) -> int:
+        return self._quic._cryptos[tls.Epoch.ONE_RTT].key_phase
 
 
 async def fetch(args: argparse.Namespace) -> int:
@@ -146,7 +202,10 @@ async def fetch(args: argparse.Namespace) -> int:
                 return False
             return True
 
+        HqClient.key_update = args.key_update
         results = await asyncio.wait_for(asyncio.gather(*(one(u) for u in args.urls)), args.timeout)
+        if args.key_update:
+            print(f"key phase {proto.key_phase()}", flush=True)
     return 0 if all(results) else 1
 
 
@@ -193,7 +252,7 @@ async def perf_client(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="aioquic_peer")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("server", "perf-server"):
+    for name in ("server", "perf-server", "datagram-server"):
         p = sub.add_parser(name)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=0)
@@ -204,12 +263,17 @@ def main() -> int:
     c = sub.add_parser("client")
     c.add_argument("urls", nargs="+")
     c.add_argument("--output", required=True)
+    c.add_argument("--key-update", action="store_true")
     pc = sub.add_parser("perf-client")
     pc.add_argument("--host", default="127.0.0.1")
     pc.add_argument("--port", type=int, required=True)
     pc.add_argument("--send", type=int, default=0)
     pc.add_argument("--recv", type=int, default=0)
-    for p in (c, pc):
+    dc = sub.add_parser("datagram-client")
+    dc.add_argument("--host", default="127.0.0.1")
+    dc.add_argument("--port", type=int, required=True)
+    dc.add_argument("--count", type=int, default=10)
+    for p in (c, pc, dc):
         p.add_argument("--ca")
         p.add_argument("--server-name", default="server.test")
         p.add_argument("--timeout", type=float, default=60)
@@ -219,8 +283,12 @@ def main() -> int:
             asyncio.run(run_server(args, ALPN, HqServer))
         elif args.cmd == "perf-server":
             asyncio.run(run_server(args, PERF_ALPN, PerfServer))
+        elif args.cmd == "datagram-server":
+            asyncio.run(run_server(args, DATAGRAM_ALPN, DatagramEcho))
         elif args.cmd == "client":
             return asyncio.run(fetch(args))
+        elif args.cmd == "datagram-client":
+            return asyncio.run(datagram_client(args))
         else:
             return asyncio.run(perf_client(args))
     except (TimeoutError, ConnectionError, OSError) as exc:

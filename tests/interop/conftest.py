@@ -175,3 +175,85 @@ def perf_commands(impl: str, pki, direction: str, nbytes: int) -> tuple[list[str
         f"--{direction}",
         str(nbytes),
     )
+
+
+FILES = {"small.txt": 1000, "medium.bin": 300_000, "large.bin": 10 << 20}
+
+
+@pytest.fixture(scope="session")
+def www(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("www")
+    for name, size in FILES.items():
+        (root / name).write_bytes(os.urandom(size))
+    return root
+
+
+def kquic_server(pki, www: Path) -> list[str]:
+    return python(
+        "-m",
+        "kquic_tools.interop",
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        str(www),
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(pki.server_key),
+    )
+
+
+def aioquic_server(pki, www: Path) -> list[str]:
+    return python(
+        "-m",
+        "tests.interop.aioquic_peer",
+        "server",
+        "--port",
+        "0",
+        "--root",
+        str(www),
+        "--cert",
+        str(pki.server_cert),
+        "--key",
+        str(pki.server_key),
+    )
+
+
+def check_files(www: Path, out: Path, names) -> None:
+    for name in names:
+        assert (out / name).read_bytes() == (www / name).read_bytes(), name
+
+
+def urls(port: int, names) -> list[str]:
+    return [f"https://127.0.0.1:{port}/{name}" for name in names]
+
+
+def kquic_client(port: int, names, out: Path, pki, *extra: str) -> list[str]:
+    return python(
+        "-m",
+        "kquic_tools.interop",
+        "client",
+        *urls(port, names),
+        "--output",
+        str(out),
+        "--ca",
+        str(pki.ca),
+        "--server-name",
+        "server.test",
+        *extra,
+    )
+
+
+def aioquic_client(port: int, names, out: Path, pki, *extra: str) -> list[str]:
+    return python(
+        "-m",
+        "tests.interop.aioquic_peer",
+        "client",
+        *urls(port, names),
+        "--output",
+        str(out),
+        "--ca",
+        str(pki.ca),
+        *extra,
+    )

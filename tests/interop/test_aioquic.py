@@ -3,63 +3,18 @@ in both roles, directly and through a lossy, reordering relay."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from tests.interop.conftest import LossyRelay, python, run
-
-FILES = {"small.txt": 1000, "medium.bin": 300_000, "large.bin": 10 << 20}
-
-
-@pytest.fixture(scope="module")
-def www(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("www")
-    for name, size in FILES.items():
-        (root / name).write_bytes(os.urandom(size))
-    return root
-
-
-def kquic_server(pki, www: Path) -> list[str]:
-    return python(
-        "-m",
-        "kquic_tools.interop",
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        str(www),
-        "--cert",
-        str(pki.server_cert),
-        "--key",
-        str(pki.server_key),
-    )
-
-
-def aioquic_server(pki, www: Path) -> list[str]:
-    return python(
-        "-m",
-        "tests.interop.aioquic_peer",
-        "server",
-        "--port",
-        "0",
-        "--root",
-        str(www),
-        "--cert",
-        str(pki.server_cert),
-        "--key",
-        str(pki.server_key),
-    )
-
-
-def check_files(www: Path, out: Path, names) -> None:
-    for name in names:
-        assert (out / name).read_bytes() == (www / name).read_bytes(), name
-
-
-def urls(port: int, names) -> list[str]:
-    return [f"https://127.0.0.1:{port}/{name}" for name in names]
+from tests.interop.conftest import (
+    FILES,
+    LossyRelay,
+    aioquic_server,
+    check_files,
+    kquic_server,
+    python,
+    run,
+    urls,
+)
 
 
 def test_aioquic_client_against_kquic_server(pki, www, tmp_path, start_server) -> None:

@@ -428,3 +428,119 @@ def test_peer_exceeding_stream_limit_is_closed_with_the_right_code() -> None:
     pair.run_until(lambda: pair.server.state >= State.CLOSING)
     assert pair.server.close_info.error_code == TransportError.STREAM_LIMIT_ERROR
     assert len(pair.server.streams.streams) <= 2
+
+
+def test_key_update_initiated_by_either_side_keeps_data_flowing() -> None:
+    """RFC 9001 §6: the initiator flips its phase, the peer follows on first sight, and
+    the next update waits until a packet on the new keys is acknowledged."""
+    pair = Pair(loss=0.02, seed=3)
+    pair.handshake()
+    client, server = pair.client, pair.server
+    first_keys = client.send_keys[APP]
+    assert client.update_keys()
+    assert client.key_phase == 1 and not client.update_keys()  # one at a time
+    transfer(pair, 100_000)
+    assert (client.key_phase, client.recv_phase, server.key_phase, server.recv_phase) == (1,) * 4
+    assert client.send_keys[APP] is not first_keys
+    pair.run_until(client.can_update_keys)
+    assert server.update_keys()
+    transfer(pair, 100_000, client_to_server=False)
+    assert (client.key_phase, server.key_phase) == (0, 0)
+    assert client.state == server.state == State.ESTABLISHED
+
+
+def test_reordered_packets_from_the_old_phase_still_open() -> None:
+    pair = Pair()
+    pair.handshake()
+    client, server = pair.client, pair.server
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, b"old phase", False, True)
+    late = client.datagrams_to_send(pair.now)
+    assert client.update_keys()
+    client.send_stream(sid, b" new phase", True, False)
+    for datagram in client.datagrams_to_send(pair.now):
+        server.receive_datagram(datagram, CLIENT_ADDR, pair.now)
+    assert server.recv_phase == 1
+    for datagram in late:
+        server.receive_datagram(datagram, CLIENT_ADDR, pair.now)
+    sink = bytearray()
+    assert read_all(server, sid, sink)
+    assert bytes(sink) == b"old phase new phase"
+    # After three PTOs the old keys are gone and such a packet is dropped.
+    server.receive_datagram(late[0], CLIENT_ADDR, pair.now + 10)
+    assert server.recv_keys_prev is None
+
+
+def test_confidentiality_limit_triggers_an_update_on_its_own() -> None:
+    pair = Pair()
+    pair.handshake()
+    client = pair.client
+    client.confidentiality_limit = 40
+    client.config.event_mask = 1 << uapi.QUIC_EVENT_KEY_UPDATE
+    transfer(pair, 200_000)  # about 170 packets
+    updates = [e for e, _ in client.notifications if e == uapi.QUIC_EVENT_KEY_UPDATE]
+    assert len(updates) >= 3
+    assert client.packets_on_key < 40
+    assert client.state == State.ESTABLISHED
+
+
+def test_integrity_limit_closes_with_aead_limit_reached() -> None:
+    pair = Pair()
+    pair.handshake()
+    server = pair.server
+    server.integrity_limit = 3
+    short_header = bytes([0x40]) + server.scid + bytes(40)
+    for _ in range(3):
+        server.receive_datagram(short_header, CLIENT_ADDR, pair.now)
+    assert server.state == State.CLOSING
+    assert server.close_info.error_code == TransportError.AEAD_LIMIT_REACHED
+
+
+def datagram_pair(**kw) -> Pair:
+    pair = Pair(max_datagram_frame_size=1200, **kw)
+    pair.client.local_params.max_datagram_frame_size = 1200
+    pair.handshake()
+    return pair
+
+
+def test_datagrams_both_ways_and_never_retransmitted() -> None:
+    pair = datagram_pair()
+    client, server = pair.client, pair.server
+    for i in range(5):
+        assert client.send_datagram(b"up %d" % i)
+        assert server.send_datagram(b"down %d" % i)
+    pair.run_until(lambda: len(server.datagrams_in) == 5 and len(client.datagrams_in) == 5)
+    assert list(server.datagrams_in) == [b"up %d" % i for i in range(5)]
+    assert list(client.datagrams_in) == [b"down %d" % i for i in range(5)]
+    # A lost datagram stays lost: nothing comes back for it.
+    client.send_datagram(b"lost")
+    assert client.datagrams_to_send(pair.now)
+    pair.run_until(lambda: not client.recovery.bytes_in_flight, limit=5000)
+    assert b"lost" not in server.datagrams_in and not client.datagrams_out
+
+
+def test_datagram_sizes_are_checked_both_ways() -> None:
+    pair = datagram_pair()
+    client, server = pair.client, pair.server
+    with pytest.raises(OverflowError):
+        client.send_datagram(bytes(1200))  # the frame would exceed the peer's 1200
+    assert client.send_datagram(bytes(1100))
+    server.local_params.max_datagram_frame_size = 100  # the server now accepts less
+    pair.run_until(lambda: server.state != State.ESTABLISHED, limit=200)
+    assert server.close_info.error_code == TransportError.PROTOCOL_VIOLATION
+
+    plain = Pair()
+    plain.handshake()
+    with pytest.raises(ValueError):
+        plain.client.send_datagram(b"x")  # not negotiated
+
+
+def test_datagrams_wait_for_the_congestion_window() -> None:
+    pair = datagram_pair()
+    client = pair.client
+    queued = sum(client.send_datagram(bytes(1000)) for _ in range(300))
+    assert queued == 256  # the queue is bounded; the rest is refused, not buffered
+    sent = client.datagrams_to_send(pair.now)
+    window = client.recovery.cc.congestion_window
+    assert sum(map(len, sent)) <= window + 1200
+    assert client.datagrams_out  # the rest waits for acknowledgements

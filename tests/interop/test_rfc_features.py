@@ -1,0 +1,144 @@
+"""The RFC features beyond the core, each against aioquic where aioquic has it: key
+update (RFC 9001 §6) and datagrams (RFC 9221)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+
+import pytest
+
+from handshake.libquic import quic_client_handshake, quic_server_handshake
+from quic import uapi
+from quic.socket import QuicSocket
+from tests.interop.conftest import (
+    aioquic_client,
+    aioquic_server,
+    check_files,
+    kquic_client,
+    kquic_server,
+    python,
+    run,
+)
+
+LARGE = ["large.bin"]  # 10 MB
+
+
+def test_key_update_by_the_kquic_client_mid_transfer(pki, www, tmp_path, start_server) -> None:
+    server = start_server(aioquic_server(pki, www))
+    result = run(kquic_client(server.port, LARGE, tmp_path, pki, "--key-update"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "key update: both sides on key phase 1" in result.stdout
+    check_files(www, tmp_path, LARGE)
+
+
+def test_key_update_by_the_aioquic_client_mid_transfer(pki, www, tmp_path, start_server) -> None:
+    server = start_server(kquic_server(pki, www))
+    result = run(aioquic_client(server.port, LARGE, tmp_path, pki, "--key-update"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "key phase 1" in result.stdout
+    check_files(www, tmp_path, LARGE)
+
+
+DATAGRAM_ALPN = "dgram"
+DATAGRAMS = 20
+
+
+def datagram_socket() -> QuicSocket:
+    sock = QuicSocket()
+    sock.settimeout(10)
+    params = uapi.QuicTransportParam(max_datagram_frame_size=65535).pack()
+    sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
+    return sock
+
+
+def send_datagram(sock: QuicSocket, data: bytes) -> None:
+    sock.sendmsg([data], [], uapi.MSG_QUIC_DATAGRAM)
+
+
+def recv_datagram(sock: QuicSocket) -> bytes:
+    data, _, flags, _ = sock.recvmsg(65536)
+    assert flags & uapi.MSG_QUIC_DATAGRAM
+    return data
+
+
+def test_datagrams_kquic_client_with_aioquic_echo(pki, start_server) -> None:
+    server = start_server(
+        python(
+            "-m",
+            "tests.interop.aioquic_peer",
+            "datagram-server",
+            "--cert",
+            str(pki.server_cert),
+            "--key",
+            str(pki.server_key),
+        )
+    )
+    sock = datagram_socket()
+    sock.connect(("127.0.0.1", server.port))
+    quic_client_handshake(sock, None, "server.test", DATAGRAM_ALPN, ca_file=str(pki.ca), timeout=10)
+    wanted = {b"datagram %d" % i for i in range(DATAGRAMS)}
+    echoed: set[bytes] = set()
+    sock.settimeout(0.5)
+    for _ in range(20):  # rounds: send what is missing, collect echoes
+        for data in sorted(wanted - echoed):
+            send_datagram(sock, data)
+        try:
+            while not wanted <= echoed:
+                echoed.add(recv_datagram(sock))
+        except TimeoutError:
+            pass
+        if wanted <= echoed:
+            break
+    assert echoed == wanted
+    with pytest.raises(OSError) as exc:
+        send_datagram(sock, bytes(2000))  # larger than a packet: refused, not queued
+    assert exc.value.errno == errno.EMSGSIZE
+    sock.close()
+
+
+def test_datagrams_aioquic_client_with_kquic_echo(pki) -> None:
+    listener = datagram_socket()
+    listener.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, DATAGRAM_ALPN.encode())
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    echoed = []
+
+    def echo() -> None:
+        child, _ = listener.accept()
+        child.settimeout(10)
+        quic_server_handshake(child, str(pki.server_key), str(pki.server_cert), DATAGRAM_ALPN)
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                data = recv_datagram(child)
+                send_datagram(child, data)
+                echoed.append(data)
+        except OSError:
+            pass  # the client closed the connection
+        finally:
+            child.close()
+
+    server = threading.Thread(target=echo, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    result = run(
+        python(
+            "-m",
+            "tests.interop.aioquic_peer",
+            "datagram-client",
+            "--port",
+            str(port),
+            "--count",
+            str(DATAGRAMS),
+            "--ca",
+            str(pki.ca),
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {"echoed": DATAGRAMS}
+    server.join(15)
+    assert len(set(echoed)) == DATAGRAMS
+    listener.close()
