@@ -105,6 +105,8 @@ def run_client(args: argparse.Namespace) -> int:
             cipher=CIPHERS.get(args.cipher, 0),
             timeout=args.timeout,
         )
+        config = uapi.QuicConfig.unpack(sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG))
+        log.info("QUIC version 0x%08x", config.version)
         names: dict[int, str] = {}
         for url in urls:
             flags = uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN

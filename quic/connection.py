@@ -59,6 +59,7 @@ from .frame import (
 )
 from .packet import (
     MIN_INITIAL_SIZE,
+    SUPPORTED_VERSIONS,
     PacketType,
     encode_long_header,
     encode_short_header,
@@ -70,6 +71,7 @@ from .recovery import LossRecovery, PacketNumberSpace, SentPacket
 from .stream import CryptoStream, FlowController, StreamLimitError, StreamManager
 from .transport_params import (
     TransportParameters,
+    VersionInformation,
     decode_transport_parameters,
     encode_transport_parameters,
 )
@@ -127,6 +129,8 @@ class ConnectionConfig:
     max_datagram_size: int = MIN_INITIAL_SIZE
     reset_key: bytes = field(default_factory=lambda: os.urandom(32))
     token: bytes = b""  # client: token for the first Initial
+    # RFC 9368: offer (client) or accept (server) a switch between v1 and v2.
+    compatible_versions: bool = True
     event_mask: int = 0  # bit N set: lxin event type N is reported
 
 
@@ -161,6 +165,10 @@ class Connection:
         self.config = config
         self.is_client = config.is_client
         self.version = config.version
+        # RFC 9368: the version of the client's first Initial, kept after a switch to
+        # check the client's chosen_version and to read Initials it still sends in it.
+        self.original_version = config.version
+        self.original_initial_keys: PacketKeys | None = None
         self.peer_addr = peer_addr
         self.state = State.ESTABLISHING
         self.close_info: CloseInfo | None = None
@@ -281,14 +289,23 @@ class Connection:
         """QUIC_SOCKOPT_TRANSPORT_PARAM_EXT get: our parameters, encoded for TLS."""
         params = self.local_params
         params.initial_source_connection_id = self.scid
+        params.version_information = self._version_information()
         if not self.is_client:
             params.original_destination_connection_id = self.original_dcid
             params.stateless_reset_token = self.source_cids.ids[0].reset_token
         return encode_transport_parameters(params)
 
+    def _version_information(self) -> VersionInformation:
+        """Ours: the version in use and, unless switching is off, both versions, v2 first
+        so a server that follows the client's order (RFC 9368 §4) upgrades."""
+        if self.config.compatible_versions:
+            return VersionInformation(self.version, list(SUPPORTED_VERSIONS))
+        return VersionInformation(self.version, [self.version])
+
     def set_peer_transport_params(self, data: bytes) -> None:
         """QUIC_SOCKOPT_TRANSPORT_PARAM_EXT set: the peer's parameters from TLS."""
         params = decode_transport_parameters(data, from_server=self.is_client)
+        self._check_version_information(params.version_information)
         if params.initial_source_connection_id != self.dest_cids.active.cid:
             raise QuicError(
                 TransportError.TRANSPORT_PARAMETER_ERROR,
@@ -309,6 +326,40 @@ class Connection:
         self.flow_send.on_max_data(params.initial_max_data)
         self.recovery.max_ack_delay = params.max_ack_delay / 1000
         self.idle_deadline = self.idle_deadline  # re-armed on next activity
+
+    def _check_version_information(self, info: VersionInformation | None) -> None:
+        """RFC 9368 §4: the peer's chosen_version must be the version its handshake
+        used (for a client, the one of its first Initial; for a server, the negotiated
+        one). A server then follows the client's preference to a compatible version."""
+        if info is None:
+            if self.is_client and self.version != self.config.version:
+                raise QuicError(
+                    TransportError.VERSION_NEGOTIATION_ERROR, 0, "version changed without VI"
+                )
+            return
+        expected = self.version if self.is_client else self.original_version
+        if info.chosen_version != expected:
+            raise QuicError(
+                TransportError.VERSION_NEGOTIATION_ERROR,
+                0,
+                f"chosen_version 0x{info.chosen_version:x} is not 0x{expected:x}",
+            )
+        if not self.is_client and self.config.compatible_versions:
+            for version in info.available_versions:
+                if version == self.version:
+                    break
+                if version in SUPPORTED_VERSIONS:
+                    self._switch_version(version)
+                    break
+
+    def _switch_version(self, version: int) -> None:
+        """Compatible version negotiation: from here on Initials use ``version``'s keys
+        (RFC 9369 §3.3.1); a server still reads the client's original-version Initials."""
+        if not self.is_client:
+            self.original_initial_keys = self.recv_keys[INITIAL]
+        self.version = version
+        self._install_initial_keys(self.original_dcid)
+        log.debug("switched to QUIC version 0x%x", version)
 
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
@@ -383,10 +434,12 @@ class Connection:
             return
         if ptype == PacketType.RETRY or ptype is None:
             return  # Retry handling belongs to address validation; unknown versions drop
-        if header.version and header.version != self.version:
-            return
         level = PACKET_LEVEL[ptype]
         keys = self.recv_keys[level]
+        if header.version and header.version != self.version:
+            keys = self._keys_for_other_version(header.version, level)
+            if keys is None:
+                return
         packet = memoryview(data)[header.packet_start : header.packet_end]
         pn_offset = header.pn_offset - header.packet_start
         if keys is None:
@@ -432,6 +485,24 @@ class Connection:
                 return
         space.on_received(pn, ack_eliciting, now)
         self.idle_deadline = now + self._idle_timeout()
+
+    def _keys_for_other_version(self, version: int, level: int) -> PacketKeys | None:
+        """Initial keys for a long header in another version, if compatible version
+        negotiation allows it: a client follows the server's first switched Initial
+        (before any Handshake keys); a server reads the client's original-version
+        Initials. Anything else in another version is dropped."""
+        if level != INITIAL or version not in SUPPORTED_VERSIONS:
+            return None
+        if not self.is_client:
+            return self.original_initial_keys if version == self.original_version else None
+        if (
+            not self.config.compatible_versions
+            or self.version != self.config.version
+            or self.recv_keys[HANDSHAKE] is not None
+        ):
+            return None
+        self._switch_version(version)
+        return self.recv_keys[INITIAL]
 
     def _open_app_packet(self, packet: memoryview, pn_offset: int, space: PnSpace, now: float):
         """Open a 1-RTT packet with the keys its key phase bit and number call for

@@ -17,6 +17,7 @@ is readable whenever ``recvmsg``/``accept`` would not block, so ``selectors`` an
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket as _socket
@@ -79,6 +80,7 @@ class QuicSocket:
             initial_smoothed_rtt=uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT,
         )
         self.alpn = b""
+        self.compatible_versions = True  # QUIC_SOCKOPT_TRANSPORT_PARAM disable_compatible_version
         self.token = b""
         self.session_ticket = b""
         self.remote_params: uapi.QuicTransportParam | None = None
@@ -229,6 +231,7 @@ class QuicSocket:
             initial_rtt=(cfg.initial_smoothed_rtt or uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT) / 1e6,
             token=self.token,
             event_mask=self.event_mask,
+            compatible_versions=self.compatible_versions,
         )
 
     def _route_add(self, cid: bytes) -> None:
@@ -255,11 +258,14 @@ class QuicSocket:
             child.local_params = self.local_params
             child.config = self.config
             child.alpn = self.alpn
+            child.compatible_versions = self.compatible_versions
             child.event_mask = self.event_mask
             child.session_ticket = self.session_ticket
             child.qlog_dir = self.qlog_dir
+            config = child._connection_config(is_client=False)
+            config.version = header.version  # a server answers in the client's version first
             child.conn = Connection(
-                child._connection_config(is_client=False),
+                config,
                 dcid=header.scid,
                 scid=os.urandom(CID_LENGTH),
                 peer_addr=addr,
@@ -757,6 +763,8 @@ class QuicSocket:
         if rec.remote:
             self.remote_params = rec
             return
+        if rec.disable_compatible_version:
+            self.compatible_versions = False
         self.local_params = params_from_uapi(rec, self.local_params)
         if self.conn is not None:
             self.conn.local_params = self.local_params
@@ -769,7 +777,9 @@ class QuicSocket:
             rec = params_to_uapi(conn.peer_params)
             rec.remote = 1
             return rec.pack()
-        return params_to_uapi(self.local_params).pack()
+        rec = params_to_uapi(self.local_params)
+        rec.disable_compatible_version = int(not self.compatible_versions)
+        return rec.pack()
 
     def _set_config(self, value: bytes) -> None:
         rec = uapi.QuicConfig.unpack(value)
@@ -794,7 +804,10 @@ class QuicSocket:
         self.config = merged
 
     def _get_config(self, request: bytes) -> bytes:
-        return self.config.pack()
+        """The settings; ``version`` is the negotiated one once a connection exists."""
+        if self.conn is None:
+            return self.config.pack()
+        return dataclasses.replace(self.config, version=self.conn.version).pack()
 
     def _set_token(self, value: bytes) -> None:
         conn = self.conn

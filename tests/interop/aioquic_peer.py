@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from aioquic import tls
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.quic.events import DatagramFrameReceived, StreamDataReceived
 
 ALPN = "hq-interop"
@@ -149,6 +150,10 @@ async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
 
 def client_config(args: argparse.Namespace, alpn: str) -> QuicConfiguration:
     config = QuicConfiguration(is_client=True, alpn_protocols=[alpn])
+    if getattr(args, "prefer_v2", False):
+        # Start in v1 and offer v2 first: compatible version negotiation (RFC 9368).
+        config.original_version = QuicProtocolVersion.VERSION_1
+        config.supported_versions = [QuicProtocolVersion.VERSION_2, QuicProtocolVersion.VERSION_1]
     if args.ca:
         config.load_verify_locations(args.ca)
         config.server_name = args.server_name
@@ -206,6 +211,7 @@ async def fetch(args: argparse.Namespace) -> int:
         results = await asyncio.wait_for(asyncio.gather(*(one(u) for u in args.urls)), args.timeout)
         if args.key_update:
             print(f"key phase {proto.key_phase()}", flush=True)
+        print(f"version 0x{proto._quic._version:08x}", flush=True)
     return 0 if all(results) else 1
 
 
@@ -264,6 +270,7 @@ def main() -> int:
     c.add_argument("urls", nargs="+")
     c.add_argument("--output", required=True)
     c.add_argument("--key-update", action="store_true")
+    c.add_argument("--prefer-v2", action="store_true")
     pc = sub.add_parser("perf-client")
     pc.add_argument("--host", default="127.0.0.1")
     pc.add_argument("--port", type=int, required=True)

@@ -126,7 +126,7 @@ def test_unsupported_flags_say_so(tmp_path) -> None:
             "https://127.0.0.1:1/x",
             "--output",
             str(tmp_path),
-            "--key-update",
+            "--migrate",
         )
     )
     assert result.returncode == 127 and "not supported yet" in result.stderr

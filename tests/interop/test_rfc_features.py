@@ -142,3 +142,34 @@ def test_datagrams_aioquic_client_with_kquic_echo(pki) -> None:
     server.join(15)
     assert len(set(echoed)) == DATAGRAMS
     listener.close()
+
+
+V1, V2 = "0x00000001", "0x6b3343cf"
+
+
+@pytest.mark.parametrize(
+    ("extra", "version"),
+    [((), V2), (("--version", "2"), V2)],
+    ids=["compatible-upgrade", "direct-v2"],
+)
+def test_kquic_client_versions_with_aioquic(pki, www, tmp_path, start_server, extra, version):
+    """A kquic client starting in v1 offers v2 first and aioquic upgrades (RFC 9368);
+    one starting in v2 stays there (RFC 9369)."""
+    server = start_server(aioquic_server(pki, www))
+    argv = kquic_client(server.port, ["medium.bin"], tmp_path, pki, "-v", *extra)
+    argv.insert(argv.index("client"), argv.pop(argv.index("-v")))  # -v before the role
+    result = run(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"QUIC version {version}" in result.stderr
+    check_files(www, tmp_path, ["medium.bin"])
+
+
+@pytest.mark.parametrize(("extra", "version"), [((), V1), (("--prefer-v2",), V2)])
+def test_aioquic_client_versions_with_kquic(pki, www, tmp_path, start_server, extra, version):
+    """The kquic server follows the client's order of preference: aioquic lists v1
+    first by default, and v2 first when asked."""
+    server = start_server(kquic_server(pki, www))
+    result = run(aioquic_client(server.port, ["medium.bin"], tmp_path, pki, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"version {version}" in result.stdout
+    check_files(www, tmp_path, ["medium.bin"])

@@ -15,7 +15,7 @@ import pytest
 
 from quic import uapi
 from quic.connection import Connection, ConnectionConfig, State
-from quic.errors import TransportError
+from quic.errors import QuicError, TransportError
 from quic.stream import StreamLimitError
 from quic.transport_params import default_local_parameters
 
@@ -37,6 +37,9 @@ class Pair:
         loss: float = 0.0,
         seed: int = 1,
         cipher: int = uapi.TLS_CIPHER_AES_GCM_128,
+        version: int = uapi.QUIC_VERSION_V1,
+        client_compatible: bool = True,
+        server_compatible: bool = True,
         **server_params,
     ) -> None:
         self.now = 1000.0
@@ -48,7 +51,12 @@ class Pair:
             setattr(server_tp, name, value)
         self.cipher = cipher
         self.client = Connection(
-            ConnectionConfig(is_client=True, local_params=client_params),
+            ConnectionConfig(
+                is_client=True,
+                local_params=client_params,
+                version=version,
+                compatible_versions=client_compatible,
+            ),
             dcid=os.urandom(8),
             scid=os.urandom(8),
             peer_addr=SERVER_ADDR,
@@ -56,6 +64,7 @@ class Pair:
         )
         self.server: Connection | None = None
         self._server_params = server_tp
+        self._server_compatible = server_compatible
         self.delivered = 0
 
     def _make_server(self, datagram: bytes) -> None:
@@ -63,7 +72,12 @@ class Pair:
 
         header = parse_header(datagram, 0, 8)
         self.server = Connection(
-            ConnectionConfig(is_client=False, local_params=self._server_params),
+            ConnectionConfig(
+                is_client=False,
+                local_params=self._server_params,
+                version=header.version,
+                compatible_versions=self._server_compatible,
+            ),
             dcid=header.scid,
             scid=os.urandom(8),
             peer_addr=CLIENT_ADDR,
@@ -544,3 +558,57 @@ def test_datagrams_wait_for_the_congestion_window() -> None:
     window = client.recovery.cc.congestion_window
     assert sum(map(len, sent)) <= window + 1200
     assert client.datagrams_out  # the rest waits for acknowledgements
+
+
+V1, V2 = uapi.QUIC_VERSION_V1, uapi.QUIC_VERSION_V2
+
+
+@pytest.mark.parametrize(
+    ("start", "client_compatible", "server_compatible", "negotiated"),
+    [
+        (V1, True, True, V2),  # compatible negotiation upgrades (RFC 9368, RFC 9369)
+        (V2, True, True, V2),  # direct start
+        (V1, True, False, V1),  # the server keeps to the client's first version
+        (V1, False, True, V1),  # a client that offers no other version stays
+        (V2, False, False, V2),
+    ],
+)
+def test_version_negotiation(start, client_compatible, server_compatible, negotiated) -> None:
+    pair = Pair(
+        version=start, client_compatible=client_compatible, server_compatible=server_compatible
+    )
+    pair.handshake()
+    assert (pair.client.version, pair.server.version) == (negotiated, negotiated)
+    transfer(pair, 50_000)
+
+
+def test_a_forged_chosen_version_is_a_version_negotiation_error() -> None:
+    """RFC 9368 §4: the client's chosen_version must be its first Initial's version;
+    a difference means someone rewrote the packet (a downgrade attempt)."""
+    from quic.transport_params import decode_transport_parameters, encode_transport_parameters
+
+    pair = Pair(version=V2)
+    pair.client.handshake_send(INITIAL, b"hello")
+    pair.receive_crypto("server", INITIAL, b"hello")
+    params = decode_transport_parameters(pair.client.local_transport_params(), from_server=False)
+    params.version_information.chosen_version = V1
+    with pytest.raises(QuicError) as exc:
+        pair.server.set_peer_transport_params(encode_transport_parameters(params))
+    assert exc.value.code == TransportError.VERSION_NEGOTIATION_ERROR
+
+
+def test_the_server_must_confirm_the_version_it_switched_to() -> None:
+    from quic.transport_params import decode_transport_parameters, encode_transport_parameters
+
+    pair = Pair()
+    pair.handshake()
+    assert pair.client.version == V2
+    params = decode_transport_parameters(pair.server.local_transport_params(), from_server=True)
+    params.version_information.chosen_version = V1
+    client = Pair().client
+    client.version = V2  # as after following the server's v2 Initial
+    client.dest_cids.active.cid = params.initial_source_connection_id
+    client.original_dcid = params.original_destination_connection_id
+    with pytest.raises(QuicError) as exc:
+        client.set_peer_transport_params(encode_transport_parameters(params))
+    assert exc.value.code == TransportError.VERSION_NEGOTIATION_ERROR
