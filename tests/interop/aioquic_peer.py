@@ -29,8 +29,8 @@ from urllib.parse import urlparse
 from aioquic import tls
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.quic.events import DatagramFrameReceived, StreamDataReceived
+from aioquic.quic.packet import QuicProtocolVersion
 
 ALPN = "hq-interop"
 PERF_ALPN = "perf"
