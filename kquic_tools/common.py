@@ -27,14 +27,19 @@ def serve_forever(
     alpn: str,
     handle: Callable[[QuicSocket], None],
     qlog: str | None = None,
+    retry: bool = False,
 ) -> int:
     """Listen on ``listen`` for ``alpn``, print ``ready PORT`` (scripts and tests wait for
-    it), and run ``handle`` for each accepted connection in its own thread."""
+    it), and run ``handle`` for each accepted connection in its own thread. With
+    ``retry`` every client must first prove its address with a Retry token."""
     host, port = listen
     srv = QuicSocket(family_of(host))
     if qlog:
         srv.qlog_dir = qlog
     srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn.encode())
+    if retry:
+        config = uapi.QuicConfig(validate_peer_address=1)
+        srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
     srv.bind((host, port))
     srv.listen()
     print(f"ready {srv.getsockname()[1]}", flush=True)

@@ -27,7 +27,7 @@ CIPHERS = {
     "aes256gcm": uapi.TLS_CIPHER_AES_GCM_256,
     "chacha20": uapi.TLS_CIPHER_CHACHA20_POLY1305,
 }
-NOT_YET = ("retry", "resume", "zero_rtt", "migrate")
+NOT_YET = ("resume", "zero_rtt", "migrate")
 EXIT_UNSUPPORTED = 127
 CHUNK = 1 << 16
 log = logging.getLogger("kquic.interop")
@@ -72,7 +72,9 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 def run_server(args: argparse.Namespace) -> int:
     args.root = Path(args.root).resolve()
-    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog)
+    return serve_forever(
+        args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog, args.retry
+    )
 
 
 # client

@@ -65,6 +65,7 @@ from .packet import (
     encode_short_header,
     iter_packets,
     packet_number_length,
+    verify_retry,
 )
 from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
@@ -131,6 +132,7 @@ class ConnectionConfig:
     token: bytes = b""  # client: token for the first Initial
     # RFC 9368: offer (client) or accept (server) a switch between v1 and v2.
     compatible_versions: bool = True
+    new_token: bytes = b""  # server: sent in NEW_TOKEN once the handshake completes
     event_mask: int = 0  # bit N set: lxin event type N is reported
 
 
@@ -159,6 +161,8 @@ class Connection:
         peer_addr: tuple,
         now: float,
         original_dcid: bytes | None = None,
+        retry_scid: bytes | None = None,
+        address_validated: bool = False,
         on_cid_add: Callable[[bytes], None] | None = None,
         on_cid_remove: Callable[[bytes], None] | None = None,
     ) -> None:
@@ -175,6 +179,10 @@ class Connection:
         # The DCID the client's first Initial carried: it keys the Initial secrets and
         # the server echoes it in original_destination_connection_id.
         self.original_dcid = dcid if self.is_client else (original_dcid or b"")
+        # RFC 9000 §7.3: the Source Connection ID of the Retry, if there was one; the
+        # Initial keys derive from it after a Retry, from the original DCID otherwise.
+        self.retry_scid = retry_scid
+        self.initial_dcid = retry_scid or self.original_dcid
         self.scid = scid
         self.source_cids = SourceConnectionIds(
             config.reset_key, scid, config.cid_length, on_cid_add, on_cid_remove
@@ -214,7 +222,7 @@ class Connection:
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
-        self._install_initial_keys(self.original_dcid)
+        self._install_initial_keys(self.initial_dcid)
         # What the socket layer reads.
         self.crypto_inbox: deque[tuple[int, bytes]] = deque()
         self.readable: dict[int, None] = {}
@@ -233,7 +241,7 @@ class Connection:
         self.handshake_done_pending = False
         self.handshake_complete = False
         self.handshake_confirmed = False
-        self.peer_address_validated = self.is_client
+        self.peer_address_validated = self.is_client or address_validated
         self.bytes_received = 0
         self.bytes_sent = 0
         self.buffered_packets: dict[int, list[tuple[bytes, float]]] = {}
@@ -241,7 +249,8 @@ class Connection:
         self.close_deadline: float | None = None
         self.close_pending = False
         self.last_close_sent = 0.0
-        self.token = config.token
+        self.token = config.token  # what our Initials carry
+        self.new_token = b""  # client: the last NEW_TOKEN, for the next connection
         self._packet_dcid = b""
         # qlog hook, trace(name, data); None keeps the hot paths free of tracing work.
         self.trace: Callable[[str, dict], None] | None = None
@@ -292,6 +301,7 @@ class Connection:
         params.version_information = self._version_information()
         if not self.is_client:
             params.original_destination_connection_id = self.original_dcid
+            params.retry_source_connection_id = self.retry_scid
             params.stateless_reset_token = self.source_cids.ids[0].reset_token
         return encode_transport_parameters(params)
 
@@ -318,6 +328,12 @@ class Connection:
                     TransportError.TRANSPORT_PARAMETER_ERROR,
                     0,
                     "original_destination_connection_id does not match",
+                )
+            if params.retry_source_connection_id != self.retry_scid:
+                raise QuicError(
+                    TransportError.TRANSPORT_PARAMETER_ERROR,
+                    0,
+                    "retry_source_connection_id does not match the Retry",
                 )
             if params.stateless_reset_token is not None:
                 self.dest_cids.set_reset_token(params.stateless_reset_token)
@@ -358,7 +374,7 @@ class Connection:
         if not self.is_client:
             self.original_initial_keys = self.recv_keys[INITIAL]
         self.version = version
-        self._install_initial_keys(self.original_dcid)
+        self._install_initial_keys(self.initial_dcid)
         log.debug("switched to QUIC version 0x%x", version)
 
     def _on_handshake_complete(self) -> None:
@@ -368,6 +384,8 @@ class Connection:
             # RFC 9001 §4.1.2: the server's handshake is confirmed once complete.
             self.handshake_done_pending = True
             self._confirm_handshake()
+            if self.config.new_token:
+                self._queue_control(NewToken(self.config.new_token))
         self._issue_connection_ids()
 
     def _confirm_handshake(self) -> None:
@@ -432,8 +450,11 @@ class Connection:
         if ptype == PacketType.VERSION_NEGOTIATION:
             self._on_version_negotiation(header, now)
             return
-        if ptype == PacketType.RETRY or ptype is None:
-            return  # Retry handling belongs to address validation; unknown versions drop
+        if ptype == PacketType.RETRY:
+            self._on_retry(header, now)
+            return
+        if ptype is None:
+            return  # unknown versions drop
         level = PACKET_LEVEL[ptype]
         keys = self.recv_keys[level]
         if header.version and header.version != self.version:
@@ -485,6 +506,28 @@ class Connection:
                 return
         space.on_received(pn, ack_eliciting, now)
         self.idle_deadline = now + self._idle_timeout()
+
+    def _on_retry(self, header, now: float) -> None:
+        """RFC 9000 §17.2.5.2: a client accepts one Retry, before any other packet from
+        the server, and only with a valid integrity tag (RFC 9001 §5.8); then it sends
+        its Initials again to the Retry's SCID with the token, numbers continuing."""
+        if (
+            not self.is_client
+            or self.retry_scid is not None
+            or self.spaces[PacketNumberSpace.INITIAL].ranges
+            or header.version != self.version
+            or header.scid == self.dest_cids.active.cid
+            or not verify_retry(header, self.dest_cids.active.cid)
+        ):
+            log.debug("Retry ignored")
+            return
+        log.info("Retry accepted: Initials go again with a %d-byte token", len(header.retry_token))
+        self.retry_scid = self.initial_dcid = header.scid
+        self.dest_cids.replace_initial(header.scid)
+        self.token = header.retry_token
+        self._install_initial_keys(self.initial_dcid)
+        self.recovery.discard_space(PacketNumberSpace.INITIAL)
+        self.crypto[INITIAL].retransmit_unacked()
 
     def _keys_for_other_version(self, version: int, level: int) -> PacketKeys | None:
         """Initial keys for a long header in another version, if compatible version
@@ -750,7 +793,7 @@ class Connection:
             raise QuicError(
                 TransportError.PROTOCOL_VIOLATION, FrameType.NEW_TOKEN, "server got NEW_TOKEN"
             )
-        self.token = frame.token
+        self.new_token = frame.token
         self._notify(uapi.QUIC_EVENT_NEW_TOKEN, frame.token)
         return True
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import socket as _socket
 import threading
@@ -36,10 +37,14 @@ from .connection import (
     StreamClosedError,
 )
 from .errors import QuicError, TransportError
+from .packet import encode_retry, parse_header
 from .qlog import QlogWriter
 from .stream import StreamLimitError, StreamStateError
+from .token import TokenError, TokenType, ValidatedToken
 from .transport_params import default_local_parameters, params_from_uapi, params_to_uapi
 from .tunnel import Tunnel, get_tunnel, put_tunnel
+
+log = logging.getLogger(__name__)
 
 SOCK_CLOSED, SOCK_LISTENING, SOCK_ESTABLISHING, SOCK_ESTABLISHED = range(4)
 CID_LENGTH = 8
@@ -245,44 +250,74 @@ class QuicSocket:
     def accept_initial(
         self, tunnel: Tunnel, data: bytes, addr: tuple, dcid: bytes, now: float
     ) -> QuicSocket | None:
-        """A new Initial reached this listener: make the child socket that will own it."""
-        from .packet import parse_header
-
+        """A new Initial reached this listener: make the child socket that will own it,
+        or with ``validate_peer_address`` first send a Retry (RFC 9000 §8.1.2)."""
         with self._lock:
             if self.state != SOCK_LISTENING or len(self._accept_queue) >= self._backlog:
                 return None
             header = parse_header(data, 0, CID_LENGTH)
-            child = QuicSocket(self.family, self.type, self.proto)
-            child.tunnel = tunnel
-            tunnel.users += 1
-            child.local_params = self.local_params
-            child.config = self.config
-            child.alpn = self.alpn
-            child.compatible_versions = self.compatible_versions
-            child.event_mask = self.event_mask
-            child.session_ticket = self.session_ticket
-            child.qlog_dir = self.qlog_dir
-            config = child._connection_config(is_client=False)
-            config.version = header.version  # a server answers in the client's version first
-            child.conn = Connection(
-                config,
-                dcid=header.scid,
-                scid=os.urandom(CID_LENGTH),
-                peer_addr=addr,
-                now=now,
-                original_dcid=dcid,
-                on_cid_add=child._route_add,
-                on_cid_remove=child._route_remove,
-            )
-            child._start_qlog()
-            tunnel.add_route(dcid, child)
-            child._extra_routes.append(dcid)
-            child.state = SOCK_ESTABLISHING
-            child._listener = self
-            self._accept_queue.append(child)
-            self._cond.notify_all()
-            self._update_ready()
-            return child
+            proof = self._check_token(tunnel, header, addr)
+            if proof is False:
+                return None
+            if proof is None and self.config.validate_peer_address:
+                retry_scid = os.urandom(CID_LENGTH)
+                token = tunnel.tokens.retry_token(addr, header.dcid, retry_scid)
+                tunnel.sendto(
+                    encode_retry(header.version, header.scid, retry_scid, token, header.dcid),
+                    addr,
+                )
+                return None
+            return self._new_child(tunnel, header, addr, proof, now)
+
+    def _check_token(self, tunnel: Tunnel, header, addr: tuple) -> ValidatedToken | bool | None:
+        """What the Initial's token proves: None without a usable one, False when the
+        packet must be dropped (a bad Retry token: the client takes no second Retry)."""
+        if not header.token:
+            return None
+        try:
+            return tunnel.tokens.validate(header.token, addr, header.dcid)
+        except TokenError as exc:
+            log.info("token from %s refused: %s", addr, exc)
+            return False if header.token[0] == TokenType.RETRY else None
+
+    def _new_child(
+        self, tunnel: Tunnel, header, addr: tuple, proof: ValidatedToken | None, now: float
+    ) -> QuicSocket:
+        child = QuicSocket(self.family, self.type, self.proto)
+        child.tunnel = tunnel
+        tunnel.users += 1
+        child.local_params = self.local_params
+        child.config = self.config
+        child.alpn = self.alpn
+        child.compatible_versions = self.compatible_versions
+        child.event_mask = self.event_mask
+        child.session_ticket = self.session_ticket
+        child.qlog_dir = self.qlog_dir
+        config = child._connection_config(is_client=False)
+        config.version = header.version  # a server answers in the client's version first
+        config.new_token = tunnel.tokens.new_token(addr)
+        retried = proof is not None and proof.kind == TokenType.RETRY
+        child.conn = Connection(
+            config,
+            dcid=header.scid,
+            scid=os.urandom(CID_LENGTH),
+            peer_addr=addr,
+            now=now,
+            original_dcid=proof.original_dcid if retried else header.dcid,
+            retry_scid=proof.retry_scid if retried else None,
+            address_validated=proof is not None,
+            on_cid_add=child._route_add,
+            on_cid_remove=child._route_remove,
+        )
+        child._start_qlog()
+        tunnel.add_route(header.dcid, child)
+        child._extra_routes.append(header.dcid)
+        child.state = SOCK_ESTABLISHING
+        child._listener = self
+        self._accept_queue.append(child)
+        self._cond.notify_all()
+        self._update_ready()
+        return child
 
     # ------------------------------------------------------------------
     # the tunnel's Endpoint protocol (called from the I/O thread)
@@ -823,7 +858,7 @@ class QuicSocket:
         conn = self.conn
         if (conn is not None and not conn.is_client) or self.state == SOCK_LISTENING:
             raise ValueError("a server has no token to read")  # libquic's role test
-        return conn.token if conn is not None else self.token
+        return conn.new_token if conn is not None else self.token
 
     def _set_alpn(self, value: bytes) -> None:
         if self.state == SOCK_LISTENING:

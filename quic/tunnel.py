@@ -27,6 +27,7 @@ from .packet import (
     encode_version_negotiation,
     parse_header,
 )
+from .token import TokenAuthority
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Tunnel:
         self.routes: dict[bytes, Endpoint] = {}
         self.listeners: list[Listener] = []
         self.users = 0
+        self.tokens = TokenAuthority()  # Retry and NEW_TOKEN tokens of this UDP endpoint
         self._lock = threading.Lock()
         self._timers: list[tuple[float, int, Endpoint]] = []
         self._deadlines: dict[int, float] = {}

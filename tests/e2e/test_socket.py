@@ -8,6 +8,7 @@ import hashlib
 import os
 import selectors
 import socket
+import time
 
 import pytest
 
@@ -451,3 +452,43 @@ def test_a_closed_socket_never_touches_descriptors_reused_after_it(pki, server_t
         os.close(reused_r)
         os.close(reused_w)
         srv.close()
+
+
+def test_retry_and_new_token_validate_addresses(pki, server_thread) -> None:
+    """RFC 9000 §8.1: a listener with validate_peer_address sends a Retry first; the
+    NEW_TOKEN it hands out lets the next connection skip the Retry, once."""
+    srv = listener()
+    srv.setsockopt(
+        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, uapi.QuicConfig(validate_peer_address=1).pack()
+    )
+    children: list[QuicSocket] = []
+
+    def serve() -> None:
+        for _ in range(3):
+            children.append(accept(srv, pki))
+
+    server = server_thread(serve)
+    first = connect(srv.getsockname()[1], pki)
+    assert first.conn.retry_scid is not None
+    token = b""
+    for _ in range(200):
+        token = first.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN)
+        if token:
+            break
+        time.sleep(0.01)
+    assert token
+    clients = [first]
+    for _ in range(2):
+        cli = QuicSocket()
+        cli.settimeout(TIMEOUT)
+        cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, token)
+        cli.connect(("127.0.0.1", srv.getsockname()[1]))
+        quic_client_handshake(cli, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT)
+        clients.append(cli)
+    server.join()
+    # The token works once; a replay gets a Retry.
+    assert [c.conn.retry_scid is not None for c in clients] == [True, False, True]
+    assert [c.conn.retry_scid is not None for c in children] == [True, False, True]
+    assert [c.conn.peer_address_validated for c in children] == [True, True, True]
+    for sock in (*children, *clients, srv):
+        sock.close()

@@ -212,6 +212,7 @@ async def fetch(args: argparse.Namespace) -> int:
         if args.key_update:
             print(f"key phase {proto.key_phase()}", flush=True)
         print(f"version 0x{proto._quic._version:08x}", flush=True)
+        print(f"retries {proto._quic._retry_count}", flush=True)
     return 0 if all(results) else 1
 
 

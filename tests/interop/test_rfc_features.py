@@ -173,3 +173,23 @@ def test_aioquic_client_versions_with_kquic(pki, www, tmp_path, start_server, ex
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"version {version}" in result.stdout
     check_files(www, tmp_path, ["medium.bin"])
+
+
+def test_retry_kquic_server_with_aioquic_client(pki, www, tmp_path, start_server) -> None:
+    server = start_server([*kquic_server(pki, www), "--retry"])
+    result = run(aioquic_client(server.port, ["medium.bin"], tmp_path, pki))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "retries 1" in result.stdout
+    check_files(www, tmp_path, ["medium.bin"])
+
+
+@pytest.mark.parametrize("extra", [(), ("--version", "2")], ids=["v1", "v2"])
+def test_retry_aioquic_server_with_kquic_client(pki, www, tmp_path, start_server, extra) -> None:
+    """The Retry integrity tag differs between versions (RFC 9001 §5.8, RFC 9369 §3.3.3)."""
+    server = start_server([*aioquic_server(pki, www), "--retry"])
+    argv = kquic_client(server.port, ["medium.bin"], tmp_path, pki, *extra)
+    argv.insert(argv.index("client"), "-v")
+    result = run(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Retry accepted" in result.stderr
+    check_files(www, tmp_path, ["medium.bin"])

@@ -612,3 +612,28 @@ def test_the_server_must_confirm_the_version_it_switched_to() -> None:
     with pytest.raises(QuicError) as exc:
         client.set_peer_transport_params(encode_transport_parameters(params))
     assert exc.value.code == TransportError.VERSION_NEGOTIATION_ERROR
+
+
+def test_client_accepts_one_genuine_retry_only() -> None:
+    from quic.packet import encode_retry
+
+    pair = Pair()
+    client = pair.client
+    client.handshake_send(INITIAL, b"client hello")
+    first = client.datagrams_to_send(pair.now)[0]
+    odcid = client.dest_cids.active.cid
+    forged = encode_retry(V1, client.scid, b"forged-s", b"token", b"not-odcid")
+    client.receive_datagram(forged, SERVER_ADDR, pair.now)
+    assert client.retry_scid is None and client.token == b""
+    genuine = encode_retry(V1, client.scid, b"retry-s1", b"token-1", odcid)
+    client.receive_datagram(genuine, SERVER_ADDR, pair.now)
+    assert client.retry_scid == b"retry-s1" and client.token == b"token-1"
+    again = encode_retry(V1, client.scid, b"retry-s2", b"token-2", b"retry-s1")
+    client.receive_datagram(again, SERVER_ADDR, pair.now)
+    assert client.retry_scid == b"retry-s1"  # a second Retry is ignored
+    resent = client.datagrams_to_send(pair.now)[0]
+    from quic.packet import parse_header
+
+    header = parse_header(resent, 0, 8)
+    assert header.dcid == b"retry-s1" and header.token == b"token-1"
+    assert b"client hello" not in resent and len(resent) >= 1200 and resent != first
