@@ -20,6 +20,7 @@ import logging
 import select
 import socket
 import struct
+import time
 
 from quic import uapi
 
@@ -31,6 +32,8 @@ _REPLY = struct.Struct("<II")
 # A handshake flight with a certificate chain fits easily; larger is refused.
 MAX_OPERATION = 65536
 MORE = 1  # OP_SEND arg bit: more messages of the same flight follow (MSG_MORE)
+# Longest a consumer blocks in one OP_RECV.
+RECV_SLICE = 0.25
 
 
 class OperationError(OSError):
@@ -78,8 +81,17 @@ class RemoteHandshakeSocket:
         return value, reply[_REPLY.size :]
 
     def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
-        ms = max(1, min(int(timeout * 1000), 0xFFFFFFFF))
-        return self._call(OP_RECV, 0, ms, b"", timeout + self.op_timeout)
+        """Wait in slices: between them the consumer looks at its agent connection, so
+        it notices a dead agent or a cancel within a slice, not after the whole wait."""
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = min(RECV_SLICE, deadline - time.monotonic())
+            ms = max(1, int(wait * 1000))
+            try:
+                return self._call(OP_RECV, 0, ms, b"", wait + self.op_timeout)
+            except TimeoutError:
+                if deadline - time.monotonic() < 0.001:
+                    raise
 
     def send_handshake(self, level: int, data: bytes, more: bool) -> None:
         arg = (level << 1) | (MORE if more else 0)

@@ -18,7 +18,7 @@ from enum import IntEnum
 
 from . import uapi
 from .cong import Pacer, make_congestion_control
-from .connid import DestinationConnectionIds, SourceConnectionIds
+from .connid import DestinationConnectionIds, SourceConnectionIds, is_stateless_reset
 from .crypto import (
     CONFIDENTIALITY_LIMIT,
     INTEGRITY_LIMIT,
@@ -165,6 +165,8 @@ class Connection:
         address_validated: bool = False,
         on_cid_add: Callable[[bytes], None] | None = None,
         on_cid_remove: Callable[[bytes], None] | None = None,
+        on_reset_token: Callable[[bytes], None] | None = None,
+        on_reset_token_gone: Callable[[bytes], None] | None = None,
     ) -> None:
         self.config = config
         self.is_client = config.is_client
@@ -188,7 +190,10 @@ class Connection:
             config.reset_key, scid, config.cid_length, on_cid_add, on_cid_remove
         )
         self.dest_cids = DestinationConnectionIds(
-            dcid, config.local_params.active_connection_id_limit
+            dcid,
+            config.local_params.active_connection_id_limit,
+            on_reset_token,
+            on_reset_token_gone,
         )
         self.spaces = [PnSpace(), PnSpace(), PnSpace()]
         self.send_keys: list[PacketKeys | None] = [None] * 4
@@ -430,42 +435,56 @@ class Connection:
             return
         fixed_bit = not (self.local_params.grease_quic_bit)
         packets = iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
+        unopened = False
         while True:
             try:
                 header = next(packets)
             except StopIteration:
                 break
             except QuicError:
+                unopened = True
                 break  # the rest of the datagram is malformed: drop it, keep what came before
             try:
-                self._receive_packet(data, header, addr, now)
+                unopened |= not self._receive_packet(data, header, addr, now)
             except QuicError as exc:
                 self._close_on_error(exc, now)
                 return
             if self.state >= State.DRAINING:
                 return
+        if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
+            self._on_stateless_reset(now)
 
-    def _receive_packet(self, data: bytes, header, addr: tuple, now: float) -> None:
+    def _on_stateless_reset(self, now: float) -> None:
+        """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
+        log.info("stateless reset from the peer")
+        self.close_info = CloseInfo(TransportError.NO_ERROR, None, b"stateless reset", True)
+        self.state = State.DRAINING
+        self.close_deadline = now + 3 * self.recovery.pto_interval()
+        self._notify_close()
+
+    def _receive_packet(self, data: bytes, header, addr: tuple, now: float) -> bool:
+        """Process one packet; False if it could not be opened (a Stateless Reset looks
+        like that), True otherwise, processed or deliberately ignored."""
         ptype = header.packet_type
         if ptype == PacketType.VERSION_NEGOTIATION:
             self._on_version_negotiation(header, now)
-            return
+            return True
         if ptype == PacketType.RETRY:
             self._on_retry(header, now)
-            return
+            return True
         if ptype is None:
-            return  # unknown versions drop
+            return True  # unknown versions drop
         level = PACKET_LEVEL[ptype]
         keys = self.recv_keys[level]
         if header.version and header.version != self.version:
             keys = self._keys_for_other_version(header.version, level)
             if keys is None:
-                return
+                return True
         packet = memoryview(data)[header.packet_start : header.packet_end]
         pn_offset = header.pn_offset - header.packet_start
         if keys is None:
             self._buffer_packet(level, bytes(packet), now)
-            return
+            return True
         space = self.spaces[LEVEL_SPACE[level]]
         try:
             if level == APP:
@@ -477,12 +496,12 @@ class Connection:
         except DecryptionError:
             if level == APP:
                 self._count_failed_open()
-            return
+            return False
         first = plain_header[0]
         if first & (0x0C if first & 0x80 else 0x18):
             raise QuicError(TransportError.PROTOCOL_VIOLATION, 0, "reserved header bits set")
         if space.is_duplicate(pn):
-            return
+            return True
         if ptype == PacketType.INITIAL and self.is_client and not self.spaces[0].ranges:
             # The server chose its own CID: our packets carry it from now on.
             self.dest_cids.replace_initial(header.scid)
@@ -503,9 +522,10 @@ class Connection:
             if handler is not None and handler(self, frame, level, now):
                 ack_eliciting = True
             if self.state >= State.DRAINING:
-                return
+                return True
         space.on_received(pn, ack_eliciting, now)
         self.idle_deadline = now + self._idle_timeout()
+        return True
 
     def _on_retry(self, header, now: float) -> None:
         """RFC 9000 §17.2.5.2: a client accepts one Retry, before any other packet from

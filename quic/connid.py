@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,12 +20,81 @@ from .frame import FrameType
 
 DEFAULT_CID_LENGTH = 8
 STATELESS_RESET_TOKEN_LENGTH = 16
+# RFC 9000 §10.3: 5 unpredictable bytes and the token at least; we answer with at most
+# 43 bytes, and always with fewer than the packet that triggered the reset.
+MIN_STATELESS_RESET_SIZE = 21
+MAX_STATELESS_RESET_SIZE = 43
+RESET_KEY_SIZE = 32
+RESET_KEY_FILE_ENV = "KQUIC_RESET_KEY_FILE"
+
+log = logging.getLogger(__name__)
+_endpoint_key: bytes | None = None
+_endpoint_key_lock = threading.Lock()
 
 
 def stateless_reset_token(key: bytes, cid: bytes) -> bytes:
     """The reset token for ``cid``: keyed so the tunnel can recompute it for a connection it
     has forgotten (RFC 9000 §10.3.2) without storing anything per connection."""
     return hmac.new(key, cid, hashlib.sha256).digest()[:STATELESS_RESET_TOKEN_LENGTH]
+
+
+def endpoint_reset_key() -> bytes:
+    """The key behind every reset token this process hands out, like the kernel's per
+    network namespace secret. Random per process, unless ``$KQUIC_RESET_KEY_FILE`` names
+    a file (created 0600 if missing): then a restarted server still recognises, and
+    resets, the connections its previous run had."""
+    global _endpoint_key
+    with _endpoint_key_lock:
+        if _endpoint_key is None:
+            _endpoint_key = _load_reset_key(os.environ.get(RESET_KEY_FILE_ENV))
+        return _endpoint_key
+
+
+def _load_reset_key(path: str | None) -> bytes:
+    if not path:
+        return os.urandom(RESET_KEY_SIZE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.warning("cannot create reset key %s (%s): using a per-process key", path, exc)
+        return os.urandom(RESET_KEY_SIZE)
+    else:
+        with os.fdopen(fd, "wb") as out:
+            out.write(os.urandom(RESET_KEY_SIZE))
+    try:
+        with open(path, "rb") as key_file:
+            key = key_file.read(RESET_KEY_SIZE + 1)
+    except OSError as exc:
+        log.warning("cannot read reset key %s (%s): using a per-process key", path, exc)
+        return os.urandom(RESET_KEY_SIZE)
+    if len(key) != RESET_KEY_SIZE:
+        log.warning("reset key %s is not %d bytes: using a per-process key", path, RESET_KEY_SIZE)
+        return os.urandom(RESET_KEY_SIZE)
+    return key
+
+
+def stateless_reset(key: bytes, dcid: bytes, trigger_size: int) -> bytes | None:
+    """A Stateless Reset answering a short-header packet of ``trigger_size`` bytes for
+    the unknown ``dcid`` (RFC 9000 §10.3): it looks like a short-header packet and is
+    smaller than the trigger, so two endpoints cannot reset each other in a loop. None
+    when the trigger is too small to answer."""
+    size = min(trigger_size - 1, MAX_STATELESS_RESET_SIZE)
+    if size < MIN_STATELESS_RESET_SIZE:
+        return None
+    body = bytearray(os.urandom(size - STATELESS_RESET_TOKEN_LENGTH))
+    body[0] = 0x40 | (body[0] & 0x3F)  # short header form, fixed bit set
+    return bytes(body) + stateless_reset_token(key, dcid)
+
+
+def is_stateless_reset(datagram: bytes, tokens) -> bool:
+    """Whether a datagram we could not open ends with one of the peer's reset tokens
+    (RFC 9000 §10.3.1), compared in constant time."""
+    if len(datagram) < MIN_STATELESS_RESET_SIZE:
+        return False
+    tail = bytes(datagram[-STATELESS_RESET_TOKEN_LENGTH:])
+    return any(hmac.compare_digest(tail, token) for token in tokens)
 
 
 @dataclass(slots=True)
@@ -100,10 +171,21 @@ class SourceConnectionIds:
 
 
 class DestinationConnectionIds:
-    """The IDs the peer gave us; ``active`` is the one our packets carry."""
+    """The IDs the peer gave us; ``active`` is the one our packets carry.
+    ``on_token``/``on_token_gone`` tell the tunnel which reset tokens mean this
+    connection: a Stateless Reset's Destination Connection ID is random, so the tunnel
+    can only route it by its token."""
 
-    def __init__(self, first_cid: bytes, local_limit: int) -> None:
+    def __init__(
+        self,
+        first_cid: bytes,
+        local_limit: int,
+        on_token: Callable[[bytes], None] | None = None,
+        on_token_gone: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.local_limit = local_limit
+        self.on_token = on_token
+        self.on_token_gone = on_token_gone
         self.ids: dict[int, ConnectionId] = {0: ConnectionId(0, first_cid)}
         self.active = self.ids[0]
         self.retire_prior_to = 0
@@ -116,6 +198,14 @@ class DestinationConnectionIds:
     def set_reset_token(self, token: bytes) -> None:
         """The token from the server's stateless_reset_token transport parameter (seq 0)."""
         self.ids[0].reset_token = token
+        if self.on_token:
+            self.on_token(token)
+
+    def _forget(self, sequence: int) -> None:
+        entry = self.ids.pop(sequence)
+        self.to_retire.append(sequence)
+        if entry.reset_token is not None and self.on_token_gone:
+            self.on_token_gone(entry.reset_token)
 
     def on_new_connection_id(
         self, sequence: int, retire_prior_to: int, cid: bytes, reset_token: bytes
@@ -134,11 +224,12 @@ class DestinationConnectionIds:
             self.to_retire.append(sequence)  # already retired by an earlier frame
             return
         self.ids[sequence] = ConnectionId(sequence, cid, reset_token)
+        if self.on_token:
+            self.on_token(reset_token)
         if retire_prior_to > self.retire_prior_to:
             self.retire_prior_to = retire_prior_to
             for seq in [s for s in self.ids if s < retire_prior_to]:
-                del self.ids[seq]
-                self.to_retire.append(seq)
+                self._forget(seq)
             if self.active.sequence < retire_prior_to:
                 self.active = self.ids[min(self.ids)]
         if len(self.ids) > self.local_limit:
@@ -155,8 +246,7 @@ class DestinationConnectionIds:
             return False
         old = self.active.sequence
         self.active = self.ids[min(spare)]
-        del self.ids[old]
-        self.to_retire.append(old)
+        self._forget(old)
         return True
 
     def reset_tokens(self) -> set[bytes]:

@@ -97,6 +97,7 @@ class QuicSocket:
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
         self._extra_routes: list[bytes] = []
+        self._reset_routes: set[bytes] = set()
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
         os.set_blocking(self._ready_w, False)
@@ -216,6 +217,8 @@ class QuicSocket:
                 now=time.monotonic(),
                 on_cid_add=self._route_add,
                 on_cid_remove=self._route_remove,
+                on_reset_token=self._reset_route_add,
+                on_reset_token_gone=self._reset_route_remove,
             )
             self._start_qlog()
             self.state = SOCK_ESTABLISHING
@@ -235,9 +238,18 @@ class QuicSocket:
             congestion_control=cfg.congestion_control_algo,
             initial_rtt=(cfg.initial_smoothed_rtt or uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT) / 1e6,
             token=self.token,
+            reset_key=self.tunnel.reset_key,
             event_mask=self.event_mask,
             compatible_versions=self.compatible_versions,
         )
+
+    def _reset_route_add(self, token: bytes) -> None:
+        self._reset_routes.add(token)
+        self.tunnel.add_reset_route(token, self)
+
+    def _reset_route_remove(self, token: bytes) -> None:
+        self._reset_routes.discard(token)
+        self.tunnel.remove_reset_route(token)
 
     def _route_add(self, cid: bytes) -> None:
         self.tunnel.add_route(cid, self)
@@ -308,6 +320,8 @@ class QuicSocket:
             address_validated=proof is not None,
             on_cid_add=child._route_add,
             on_cid_remove=child._route_remove,
+            on_reset_token=child._reset_route_add,
+            on_reset_token_gone=child._reset_route_remove,
         )
         child._start_qlog()
         tunnel.add_route(header.dcid, child)
@@ -362,6 +376,9 @@ class QuicSocket:
         for cid in self._extra_routes:
             self.tunnel.remove_route(cid)
         self._extra_routes.clear()
+        for token in self._reset_routes:
+            self.tunnel.remove_reset_route(token)
+        self._reset_routes.clear()
         self.tunnel.schedule(self, None)
         if self._released and self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .connid import STATELESS_RESET_TOKEN_LENGTH, endpoint_reset_key, stateless_reset
 from .errors import QuicError
 from .packet import (
     MIN_INITIAL_SIZE,
@@ -38,6 +39,7 @@ Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 RECV_BATCH = 64
 RECV_BUFFER = 65536
 SOCKET_BUFFER = 4 * 1024 * 1024
+RESETS_PER_SECOND = 100
 
 
 class Endpoint(Protocol):
@@ -77,9 +79,14 @@ class Tunnel:
         self.local_addr = self.sock.getsockname()
         self.cid_length = cid_length
         self.routes: dict[bytes, Endpoint] = {}
+        # The peers' stateless reset tokens: a reset's DCID is random (RFC 9000 §10.3).
+        self.reset_routes: dict[bytes, Endpoint] = {}
         self.listeners: list[Listener] = []
         self.users = 0
         self.tokens = TokenAuthority()  # Retry and NEW_TOKEN tokens of this UDP endpoint
+        self.reset_key = endpoint_reset_key()
+        self._reset_budget = float(RESETS_PER_SECOND)
+        self._reset_time = 0.0
         self._lock = threading.Lock()
         self._timers: list[tuple[float, int, Endpoint]] = []
         self._deadlines: dict[int, float] = {}
@@ -102,6 +109,14 @@ class Tunnel:
     def remove_route(self, cid: bytes) -> None:
         with self._lock:
             self.routes.pop(cid, None)
+
+    def add_reset_route(self, token: bytes, endpoint: Endpoint) -> None:
+        with self._lock:
+            self.reset_routes[token] = endpoint
+
+    def remove_reset_route(self, token: bytes) -> None:
+        with self._lock:
+            self.reset_routes.pop(token, None)
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
@@ -229,6 +244,11 @@ class Tunnel:
         if header.packet_type is None:
             self._version_negotiation(data, header.dcid, header.scid, addr)
             return None
+        if header.packet_type == PacketType.ONE_RTT:
+            endpoint = self.reset_routes.get(bytes(data[-STATELESS_RESET_TOKEN_LENGTH:]))
+            if endpoint is None:
+                self._stateless_reset(data, header.dcid, addr, now)
+            return endpoint  # a Stateless Reset for one of ours: it checks the token
         if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             return None
         for listener in list(self.listeners):
@@ -236,6 +256,21 @@ class Tunnel:
             if endpoint is not None:
                 return endpoint
         return None
+
+    def _stateless_reset(self, data: bytes, dcid: bytes, addr: Address, now: float) -> None:
+        """RFC 9000 §10.3: a short-header packet for a connection we do not know (we
+        restarted, or it ended) gets a Stateless Reset, so the peer stops at once instead
+        of timing out; a bounded number a second, so it cannot be used as a flood."""
+        self._reset_budget = min(
+            RESETS_PER_SECOND, self._reset_budget + (now - self._reset_time) * RESETS_PER_SECOND
+        )
+        self._reset_time = now
+        if self._reset_budget < 1:
+            return
+        reset = stateless_reset(self.reset_key, dcid, len(data))
+        if reset is not None:
+            self._reset_budget -= 1
+            self.sendto(reset, addr)
 
     def _version_negotiation(self, data: bytes, dcid: bytes, scid: bytes, addr: Address) -> None:
         """RFC 9000 §6.1: answer an unknown version, but only to a datagram large enough to

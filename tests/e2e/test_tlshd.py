@@ -322,6 +322,7 @@ def test_wrong_certificate_is_a_tls_error(agent) -> None:
             hs.tls_client_hello_x509(args(csock, agent, ta_peername="wrong.test", ta_alpn="smb"))
         assert exc.value.errno == errno.EIO
         assert "alert" in str(exc.value)
+        sock_release(csock)  # the release sends the alert's CONNECTION_CLOSE to the server
 
     run_pair(serve, client)
 

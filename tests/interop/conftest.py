@@ -30,16 +30,21 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
 class Server:
     """A server process that prints ``ready PORT`` once it listens; killed on exit."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], **extra_env: str) -> None:
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(**extra_env),
+            cwd=ROOT,
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
@@ -57,8 +62,8 @@ class Server:
 def start_server():
     servers: list[Server] = []
 
-    def start(argv: list[str]) -> Server:
-        server = Server(argv)
+    def start(argv: list[str], **extra_env: str) -> Server:
+        server = Server(argv, **extra_env)
         servers.append(server)
         return server
 

@@ -193,3 +193,39 @@ def test_retry_aioquic_server_with_kquic_client(pki, www, tmp_path, start_server
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Retry accepted" in result.stderr
     check_files(www, tmp_path, ["medium.bin"])
+
+
+def fetch(sock: QuicSocket, path: str) -> bytes:
+    info = sock.getsockopt(
+        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+    )
+    sid = uapi.QuicStreamInfo.unpack(info).stream_id
+    record = uapi.QuicStreamInfo(sid, uapi.MSG_QUIC_STREAM_FIN).pack()
+    sock.sendmsg([f"GET /{path}\r\n".encode()], [(uapi.SOL_QUIC, uapi.QUIC_STREAM_INFO, record)])
+    body = bytearray()
+    for _ in range(10_000):
+        data, _, flags, _ = sock.recvmsg(65536)
+        body += data
+        if flags & uapi.MSG_QUIC_STREAM_FIN:
+            return bytes(body)
+    raise AssertionError("no FIN")
+
+
+def test_stateless_reset_after_a_server_restart(pki, www, tmp_path, start_server) -> None:
+    """RFC 9000 §10.3: the restarted server knows the connection no more, but derives
+    the same reset token from the key file, and the client stops at once."""
+    key_file = str(tmp_path / "reset.key")
+    server = start_server(kquic_server(pki, www), KQUIC_RESET_KEY_FILE=key_file)
+    port = server.port
+    sock = QuicSocket()
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    quic_client_handshake(sock, None, "server.test", "hq-interop", ca_file=str(pki.ca), timeout=10)
+    assert fetch(sock, "small.txt") == (www / "small.txt").read_bytes()
+    server.stop()  # killed: no CONNECTION_CLOSE
+    argv = kquic_server(pki, www)
+    argv[argv.index("127.0.0.1:0")] = f"127.0.0.1:{port}"
+    start_server(argv, KQUIC_RESET_KEY_FILE=key_file)
+    with pytest.raises(ConnectionResetError, match="stateless reset"):
+        fetch(sock, "small.txt")
+    sock.close()

@@ -637,3 +637,31 @@ def test_client_accepts_one_genuine_retry_only() -> None:
     header = parse_header(resent, 0, 8)
     assert header.dcid == b"retry-s1" and header.token == b"token-1"
     assert b"client hello" not in resent and len(resent) >= 1200 and resent != first
+
+
+def test_stateless_reset_is_recognised_and_forgeries_are_not() -> None:
+    from quic.connid import stateless_reset
+
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.client.dest_cids.ids) > 1)  # NEW_CONNECTION_IDs came
+    client, server = pair.client, pair.server
+    forged = stateless_reset(os.urandom(32), server.scid, 100)
+    client.receive_datagram(forged, SERVER_ADDR, pair.now)
+    assert client.state == State.ESTABLISHED
+    genuine = stateless_reset(server.config.reset_key, server.scid, 100)
+    assert len(genuine) == 43
+    client.receive_datagram(genuine, SERVER_ADDR, pair.now)
+    assert client.state == State.DRAINING
+    assert client.close_info.reason == b"stateless reset" and client.close_info.remote
+    assert client.datagrams_to_send(pair.now) == []  # nothing more goes to the peer
+
+
+def test_stateless_reset_is_smaller_than_its_trigger() -> None:
+    from quic.connid import stateless_reset
+
+    key, cid = os.urandom(32), os.urandom(8)
+    assert stateless_reset(key, cid, 21) is None  # too small to answer without a loop
+    for size in (22, 30, 43, 44, 1200):
+        reset = stateless_reset(key, cid, size)
+        assert 21 <= len(reset) < size and reset[0] & 0xC0 == 0x40

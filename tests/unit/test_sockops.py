@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 
 import pytest
 
@@ -20,6 +21,7 @@ class FakeQuicSocket:
 
     def recv_handshake(self, timeout: float) -> tuple[int, bytes]:
         if not self.inbox:
+            time.sleep(min(timeout, 0.05))  # a real socket waits before it gives up
             raise TimeoutError(errno.ETIMEDOUT, "nothing")
         return self.inbox.pop(0)
 
