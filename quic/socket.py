@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from . import uapi
+from .alpn import split_alpns
 from .connection import Connection, ConnectionConfig, State, StreamClosedError
 from .errors import QuicError, TransportError
 from .qlog import QlogWriter
@@ -231,6 +232,11 @@ class QuicSocket:
         self.tunnel.remove_route(cid)
 
     # the tunnel's Listener protocol
+
+    def alpn_list(self) -> list[bytes]:
+        """The protocols of QUIC_SOCKOPT_ALPN, by which the tunnel picks among listeners
+        sharing a port; fixed once listening, since setsockopt refuses it then."""
+        return split_alpns(self.alpn)
 
     def accept_initial(
         self, tunnel: Tunnel, data: bytes, addr: tuple, dcid: bytes, now: float
