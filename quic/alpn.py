@@ -51,7 +51,7 @@ def offered_alpns(datagram: bytes, cid_length: int) -> list[bytes] | None:
     try:
         hello = _client_hello(_initial_crypto_data(datagram, cid_length))
         return None if hello is None else _alpn_extension(hello)
-    except (QuicError, DecryptionError, ValueError):
+    except (QuicError, DecryptionError):
         return None
 
 
