@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from functools import partial
 
 from . import uapi
+from .alpn import split_alpns
 from .connection import (
     MAX_QUEUED_DATAGRAMS,
     Connection,
@@ -258,6 +259,11 @@ class QuicSocket:
         self.tunnel.remove_route(cid)
 
     # the tunnel's Listener protocol
+
+    def alpn_list(self) -> list[bytes]:
+        """The protocols of QUIC_SOCKOPT_ALPN, by which the tunnel picks among listeners
+        sharing a port; fixed once listening, since setsockopt refuses it then."""
+        return split_alpns(self.alpn)
 
     def accept_initial(
         self, tunnel: Tunnel, data: bytes, addr: tuple, dcid: bytes, now: float

@@ -1,9 +1,10 @@
 """The UDP tunnel: one UDP socket serving many QUIC connections (DESIGN §1).
 
 An I/O thread per tunnel receives datagrams, routes each to its connection by the
-Destination Connection ID, hands new Initials to a listener, answers unknown versions
-with Version Negotiation, and fires connection timers. Sending happens in whatever
-thread holds the connection (the caller of ``sendmsg`` or this I/O thread).
+Destination Connection ID, hands new Initials to the listener serving the client's ALPN,
+answers unknown versions with Version Negotiation, and fires connection timers. Sending
+happens in whatever thread holds the connection (the caller of ``sendmsg`` or this I/O
+thread).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .alpn import no_application_protocol_close, offered_alpns
 from .connid import STATELESS_RESET_TOKEN_LENGTH, endpoint_reset_key, stateless_reset
 from .errors import QuicError
 from .packet import (
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
+    Header,
     PacketType,
     encode_version_negotiation,
     parse_header,
@@ -58,6 +61,10 @@ class Listener(Protocol):
     def accept_initial(
         self, tunnel: Tunnel, data: bytes, addr: Address, dcid: bytes, now: float
     ) -> Endpoint | None: ...
+
+    def alpn_list(self) -> list[bytes]:
+        """The application protocols this listener serves; empty for any protocol."""
+        ...
 
 
 class Tunnel:
@@ -251,7 +258,8 @@ class Tunnel:
             return endpoint  # a Stateless Reset for one of ours: it checks the token
         if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             return None
-        for listener in list(self.listeners):
+        candidates = self._listeners_for(data, header, addr)
+        for listener in candidates:
             endpoint = self._guard(listener.accept_initial, self, data, addr, header.dcid, now)
             if endpoint is not None:
                 return endpoint
@@ -271,6 +279,46 @@ class Tunnel:
         if reset is not None:
             self._reset_budget -= 1
             self.sendto(reset, addr)
+
+    def _listeners_for(self, data: bytes, header: Header, addr: Address) -> list[Listener]:
+        """The listeners to offer a new Initial to, in order (DESIGN §1).
+
+        With several listeners, or any with an ALPN list, the client's ALPN chooses: for
+        each protocol the client offers, in its order of preference, the listeners
+        serving it, in registration order. A listener without an ALPN list is a wildcard,
+        offered the client only when no specific listener matches; with neither, the
+        client is refused here with no_application_protocol and no connection is made.
+
+        When the ALPN cannot be read from this first datagram (a ClientHello split
+        across datagrams, or none offered), every listener is offered the Initial in
+        registration order, as with a single listener.
+        """
+        listeners = list(self.listeners)
+        if not listeners:
+            return []
+        served = [(listener, listener.alpn_list()) for listener in listeners]
+        if len(listeners) == 1 and not served[0][1]:
+            return listeners
+        offered = offered_alpns(data, self.cid_length)
+        if offered is None:
+            return listeners
+        chosen: list[Listener] = []
+        for protocol in offered:
+            for listener, names in served:
+                if protocol in names and listener not in chosen:
+                    chosen.append(listener)
+        if chosen:
+            return chosen
+        wildcards = [listener for listener, names in served if not names]
+        if not wildcards:
+            self._refuse(header, addr, offered)
+        return wildcards
+
+    def _refuse(self, header: Header, addr: Address, offered: list[bytes]) -> None:
+        """Close a client whose protocols no listener serves, statelessly (RFC 7301 §3.2,
+        RFC 9001 §4.8): one small Initial in answer to each of its Initials."""
+        log.debug("no listener serves ALPN %s from %s: refusing", offered, addr)
+        self.sendto(no_application_protocol_close(header, os.urandom(self.cid_length)), addr)
 
     def _version_negotiation(self, data: bytes, dcid: bytes, scid: bytes, addr: Address) -> None:
         """RFC 9000 §6.1: answer an unknown version, but only to a datagram large enough to

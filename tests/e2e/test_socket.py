@@ -314,10 +314,13 @@ def test_idle_timeout_ends_a_silent_connection(pki, server_thread) -> None:
 
 
 def test_alpn_mismatch_reaches_the_client_as_crypto_error(pki, server_thread) -> None:
-    """The server's TLS alert travels as CONNECTION_CLOSE 0x100 + 120 over real UDP."""
+    """The server's TLS alert travels as CONNECTION_CLOSE 0x100 + 120 over real UDP.
+
+    The listener has no socket ALPN, so the tunnel hands it every client and the
+    mismatch is found by TLS (tunnel-level refusal is tested in test_alpn_listeners)."""
     from handshake.libquic import HandshakeError
 
-    srv = listener()
+    srv = listener(b"")
 
     def serve():
         child, _ = srv.accept()
