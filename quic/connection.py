@@ -224,6 +224,7 @@ class Connection:
         self.pacing_deadline: float | None = None
         self.local_params = config.local_params
         self.peer_params: TransportParameters | None = None
+        self.grease_bit = False
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
@@ -343,6 +344,9 @@ class Connection:
             if params.stateless_reset_token is not None:
                 self.dest_cids.set_reset_token(params.stateless_reset_token)
         self.peer_params = params
+        # RFC 9287: once the peer said it accepts any QUIC bit, ours varies (Initials
+        # excepted: their receiver may not have our parameters yet).
+        self.grease_bit = params.grease_quic_bit
         self.streams.set_peer_params(params)
         self.flow_send.on_max_data(params.initial_max_data)
         self.recovery.max_ack_delay = params.max_ack_delay / 1000
@@ -1028,7 +1032,9 @@ class Connection:
         dcid = self.dest_cids.active.cid
         if level == APP:
             self._count_protected()
-            header = encode_short_header(dcid, pn, pn_len, self.key_phase)
+            header = encode_short_header(
+                dcid, pn, pn_len, self.key_phase, grease_fixed_bit=self.grease_bit
+            )
         else:
             header = encode_long_header(
                 LEVEL_PACKET[level],
@@ -1039,6 +1045,7 @@ class Connection:
                 pn_len + len(payload) + AEAD_TAG_SIZE,
                 pn,
                 pn_len,
+                grease_fixed_bit=self.grease_bit and level != INITIAL,
             )
         return self.send_keys[level].protect(header, payload, pn)
 

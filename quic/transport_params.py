@@ -449,7 +449,8 @@ _UAPI_FLAGS = ("disable_active_migration", "grease_quic_bit")
 
 
 def default_local_parameters() -> TransportParameters:
-    """What a new socket advertises: lxin/quic's quic_transport_param_init() values."""
+    """What a new socket advertises: lxin/quic's quic_transport_param_init() values,
+    plus grease_quic_bit."""
     return TransportParameters(
         max_idle_timeout=30_000,
         max_udp_payload_size=65527,
@@ -462,6 +463,7 @@ def default_local_parameters() -> TransportParameters:
         ack_delay_exponent=3,
         max_ack_delay=25,
         active_connection_id_limit=7,
+        grease_quic_bit=True,  # RFC 9287 §3: advertise, so peers may vary the bit
     )
 
 

@@ -24,6 +24,7 @@ from .alpn import no_application_protocol_close, offered_alpns
 from .connid import STATELESS_RESET_TOKEN_LENGTH, endpoint_reset_key, stateless_reset
 from .errors import QuicError
 from .packet import (
+    FIXED_BIT,
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
     Header,
@@ -242,12 +243,16 @@ class Tunnel:
         if not data:
             return None
         try:
-            header = parse_header(data, 0, self.cid_length)
+            # The QUIC bit may be greased (RFC 9287): the connection, which knows whether
+            # it allowed that, checks it; a new connection's first Initial must have it.
+            header = parse_header(data, 0, self.cid_length, fixed_bit_required=False)
         except QuicError:
             return None
         endpoint = self.routes.get(header.dcid)
         if endpoint is not None:
             return endpoint
+        if header.packet_type is not None and not header.first_byte & FIXED_BIT:
+            return None
         if header.packet_type is None:
             self._version_negotiation(data, header.dcid, header.scid, addr)
             return None

@@ -665,3 +665,31 @@ def test_stateless_reset_is_smaller_than_its_trigger() -> None:
     for size in (22, 30, 43, 44, 1200):
         reset = stateless_reset(key, cid, size)
         assert 21 <= len(reset) < size and reset[0] & 0xC0 == 0x40
+
+
+def test_grease_quic_bit_is_varied_only_toward_a_peer_that_allows_it() -> None:
+    """RFC 9287: both sides advertise by default, so 1-RTT packets carry a random QUIC
+    bit both ways and still arrive; a peer that did not advertise always gets 1."""
+    pair = Pair()
+    seen: list[int] = []
+    original = pair.client.receive_datagram
+
+    def spy(datagram, addr, now) -> None:
+        if not datagram[0] & 0x80:
+            seen.append(datagram[0] & 0x40)
+        original(datagram, addr, now)
+
+    pair.client.receive_datagram = spy
+    pair.handshake()
+    transfer(pair, 100_000, client_to_server=False)
+    assert 0 in seen and 0x40 in seen
+
+    plain = Pair(grease_quic_bit=False)  # the server does not advertise
+    plain.handshake()
+    assert not plain.client.grease_bit and plain.server.grease_bit
+    for _ in range(20):
+        sid = plain.client.open_stream(uni=True)
+        plain.client.send_stream(sid, b"x", True, True)
+        for datagram in plain.client.datagrams_to_send(plain.now):
+            assert datagram[0] & 0x40
+            plain.server.receive_datagram(datagram, CLIENT_ADDR, plain.now)
