@@ -108,7 +108,7 @@ class HandshakeParams:
     send_ticket: bool = True  # server: send one NewSessionTicket after the handshake
     cert_request: int = gnutls.GNUTLS_CERT_IGNORE  # server: 0 ignore, 1 request, 2 require
     cipher: int = 0  # one TLS_CIPHER_*, or 0 for any
-    early_data: bool = False  # client: send 0-RTT when resuming; server: accept it
+    early_data: bool = False  # server: accept 0-RTT (a resuming client always offers it)
     timeout: float = DEFAULT_TIMEOUT
     keylog: Callable[[str], None] | str | None = None  # NSS key log lines, or a file
 
@@ -183,6 +183,7 @@ class _Handshake:
         self.p = params
         self.is_server = _is_server(sock) if params.is_server is None else params.is_server
         self.session: gnutls.Session | None = None
+        self.session_data: bytes | None = None  # client: the session to resume
         self.outbox: list[tuple[int, bytes]] = []
         self.alert: int | None = None
         self.psk_table: dict[str, bytes] = {}
@@ -262,8 +263,10 @@ class _Handshake:
             if p.early_data:
                 flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA
         else:
+            # As tlshd: a resuming client always offers early data; whether any goes
+            # in 0-RTT packets is the application's doing (it sent before the handshake).
             flags = gnutls.GNUTLS_CLIENT
-            if p.early_data and p.session_data:
+            if self.session_data:
                 flags |= gnutls.GNUTLS_ENABLE_EARLY_DATA
         return flags | gnutls.GNUTLS_NO_END_OF_EARLY_DATA | gnutls.GNUTLS_NO_SIGNAL
 
@@ -273,6 +276,8 @@ class _Handshake:
 
     def setup(self) -> gnutls.Session:
         p = self.p
+        if not self.is_server:
+            self.session_data = p.session_data or self._socket_ticket()
         session = self.session = gnutls.Session(self._flags(), self)
         session.set_priority(gnutls.quic_priority(p.cipher))
         if self._use_psk():
@@ -287,13 +292,22 @@ class _Handshake:
                 session.enable_ticket_server(self._ticket_key())
             if p.early_data:
                 session.enable_early_data_server()
-        elif p.session_data:
-            session.set_session_data(p.session_data)
+        elif self.session_data:
+            session.set_session_data(self.session_data)
         keylog = p.keylog if p.keylog is not None else os.environ.get("SSLKEYLOGFILE")
         if keylog:
             self.keylog = _keylog_file(keylog) if isinstance(keylog, str) else keylog
             session.enable_keylog()
         return session
+
+    def _socket_ticket(self) -> bytes | None:
+        """Client: session data the application left on the socket
+        (QUIC_SOCKOPT_SESSION_TICKET), as tlshd reads it."""
+        try:
+            data = self.sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 4096)
+        except OSError:
+            return None
+        return bytes(data) or None
 
     def _setup_psk(self, session: gnutls.Session) -> None:
         p = self.p
@@ -416,6 +430,10 @@ class _Handshake:
                 self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn)
             if self.p.receive_ticket > 0:
                 session_data = self._receive_ticket(session)
+                if session_data:  # for the application's next connection, as tlshd does
+                    self.sock.setsockopt(
+                        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, session_data
+                    )
         return self._result(session, alpn, session_data)
 
     def _receive_ticket(self, session: gnutls.Session) -> bytes | None:

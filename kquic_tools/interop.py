@@ -5,6 +5,7 @@ bidirectional stream with FIN; the server answers with the file and FIN.
     kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE
     kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--version 1|2]
                          [--cipher aes128gcm|aes256gcm|chacha20] [--key-update]
+                         [--resume | --zero-rtt]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ CIPHERS = {
     "aes256gcm": uapi.TLS_CIPHER_AES_GCM_256,
     "chacha20": uapi.TLS_CIPHER_CHACHA20_POLY1305,
 }
-NOT_YET = ("resume", "zero_rtt", "migrate")
+NOT_YET = ("migrate",)
 EXIT_UNSUPPORTED = 127
 CHUNK = 1 << 16
 log = logging.getLogger("kquic.interop")
@@ -51,7 +52,9 @@ def respond(conn: QuicSocket, root: Path, sid: int, request: bytes) -> None:
 def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
     conn.settimeout(args.timeout)
     try:
-        quic_server_handshake(conn, args.key, args.cert, ALPN, timeout=args.timeout)
+        quic_server_handshake(
+            conn, args.key, args.cert, ALPN, timeout=args.timeout, early_data=True
+        )
         requests: dict[int, bytearray] = {}
         while True:
             data, sid, flags = quic_recvmsg(conn, CHUNK)
@@ -81,6 +84,10 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
+    """Fetch every URL on one connection; with --resume or --zero-rtt, the first URL on
+    one connection and the rest on a second that resumes the first's session (the
+    interop runner's resumption and zerortt cases), its requests sent in 0-RTT with
+    --zero-rtt."""
     urls = [urlparse(u) for u in args.urls]
     first = urls[0]
     if not first.hostname or not first.port:
@@ -88,6 +95,23 @@ def run_client(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    batches = [urls[:1], urls[1:]] if (args.resume or args.zero_rtt) and len(urls) > 1 else [urls]
+    resume: tuple[bytes, bytes] | None = None
+    try:
+        for batch in batches:
+            resume = fetch_batch(args, batch, out, resume)
+    except (OSError, HandshakeError) as exc:
+        print(f"kquic-interop: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def fetch_batch(
+    args: argparse.Namespace, urls: list, out: Path, resume: tuple[bytes, bytes] | None
+) -> tuple[bytes, bytes] | None:
+    """One connection's worth of requests; returns (ticket, server parameters) for the
+    next connection when the session can be resumed."""
+    first = urls[0]
     sock = QuicSocket(family_of(first.hostname))
     sock.settimeout(args.timeout)
     if args.qlog:
@@ -95,9 +119,15 @@ def run_client(args: argparse.Namespace) -> int:
     if args.version == 2:
         config = uapi.QuicConfig(version=uapi.QUIC_VERSION_V2)
         sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
+    early = resume is not None and args.zero_rtt
+    if resume is not None:
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, resume[0])
+        if early:
+            sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, resume[1])
     try:
         sock.connect((first.hostname, first.port))
-        quic_client_handshake(
+        names = send_requests(sock, urls) if early else {}
+        result = quic_client_handshake(
             sock,
             None,
             args.server_name or first.hostname,
@@ -106,44 +136,57 @@ def run_client(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             cipher=CIPHERS.get(args.cipher, 0),
             timeout=args.timeout,
+            receive_ticket=2.0 if (args.resume or args.zero_rtt) and resume is None else 0.0,
         )
         config = uapi.QuicConfig.unpack(sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG))
         log.info("QUIC version 0x%08x", config.version)
-        names: dict[int, str] = {}
-        for url in urls:
-            flags = uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN
-            info = sock.getsockopt(
-                uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
-            )
-            sid = uapi.QuicStreamInfo.unpack(info).stream_id
-            quic_sendmsg(
-                sock, f"GET {url.path}\r\n".encode(), sid, flags & ~uapi.MSG_QUIC_STREAM_NEW
-            )
-            names[sid] = Path(url.path).name
-        bodies: dict[int, bytearray] = {sid: bytearray() for sid in names}
-        update_due = args.key_update
-        if update_due:
-            event = uapi.QuicEventOption(uapi.QUIC_EVENT_KEY_UPDATE, 1).pack()
-            sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, event)
-        while names:
-            data, sid, flags = quic_recvmsg(sock, CHUNK)
-            if flags & uapi.MSG_QUIC_NOTIFICATION:
-                if data[:1] == bytes((uapi.QUIC_EVENT_KEY_UPDATE,)):
-                    print(f"key update: both sides on key phase {data[1]}", flush=True)
-                continue
-            if sid not in bodies:
-                continue
-            bodies[sid] += data
-            if update_due:
-                update_due = not start_key_update(sock)
-            if flags & uapi.MSG_QUIC_STREAM_FIN:
-                (out / names.pop(sid)).write_bytes(bodies.pop(sid))
-    except (OSError, HandshakeError) as exc:
-        print(f"kquic-interop: {exc}", file=sys.stderr)
-        return 1
+        if resume is not None:
+            print(f"resumed: {result.resumed}, 0-RTT accepted: {result.early_data}", flush=True)
+        names = names or send_requests(sock, urls)
+        read_responses(args, sock, names, out)
+        if not result.session_data:
+            return None
+        remote = uapi.QuicTransportParam(remote=1).pack()
+        params = sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, remote)
+        return result.session_data, params
     finally:
         sock.close()
-    return 0
+
+
+def send_requests(sock: QuicSocket, urls: list) -> dict[int, str]:
+    """One bidirectional stream per URL; the stream ID and the file name it fetches."""
+    names: dict[int, str] = {}
+    for url in urls:
+        info = sock.getsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+        )
+        sid = uapi.QuicStreamInfo.unpack(info).stream_id
+        quic_sendmsg(sock, f"GET {url.path}\r\n".encode(), sid, uapi.MSG_QUIC_STREAM_FIN)
+        names[sid] = Path(url.path).name
+    return names
+
+
+def read_responses(
+    args: argparse.Namespace, sock: QuicSocket, names: dict[int, str], out: Path
+) -> None:
+    bodies: dict[int, bytearray] = {sid: bytearray() for sid in names}
+    update_due = args.key_update
+    if update_due:
+        event = uapi.QuicEventOption(uapi.QUIC_EVENT_KEY_UPDATE, 1).pack()
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, event)
+    while names:
+        data, sid, flags = quic_recvmsg(sock, CHUNK)
+        if flags & uapi.MSG_QUIC_NOTIFICATION:
+            if data[:1] == bytes((uapi.QUIC_EVENT_KEY_UPDATE,)):
+                print(f"key update: both sides on key phase {data[1]}", flush=True)
+            continue
+        if sid not in bodies:
+            continue
+        bodies[sid] += data
+        if update_due:
+            update_due = not start_key_update(sock)
+        if flags & uapi.MSG_QUIC_STREAM_FIN:
+            (out / names.pop(sid)).write_bytes(bodies.pop(sid))
 
 
 def start_key_update(sock: QuicSocket) -> bool:

@@ -225,6 +225,7 @@ class Connection:
         self.local_params = config.local_params
         self.peer_params: TransportParameters | None = None
         self.grease_bit = False
+        self.zero_rtt_allowed = False  # client: remembered parameters let data go early
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
@@ -311,6 +312,13 @@ class Connection:
             params.stateless_reset_token = self.source_cids.ids[0].reset_token
         return encode_transport_parameters(params)
 
+    def remember_peer_params(self, params: TransportParameters) -> None:
+        """RFC 9000 §7.4.1: a resuming client may open streams and send 0-RTT data within
+        the limits the server gave on the earlier connection, until the new ones come."""
+        self.zero_rtt_allowed = True
+        self.streams.set_peer_params(params)
+        self.flow_send.on_max_data(params.initial_max_data)
+
     def _version_information(self) -> VersionInformation:
         """Ours: the version in use and, unless switching is off, both versions, v2 first
         so a server that follows the client's order (RFC 9368 §4) upgrades."""
@@ -389,6 +397,10 @@ class Connection:
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
         self.state = State.ESTABLISHED
+        # 0-RTT is over (RFC 9001 §4.9.3): a client sends 1-RTT only; a server that
+        # declined early data drops the 0-RTT packets it kept.
+        self.send_keys[EARLY] = None
+        self.buffered_packets.pop(EARLY, None)
         if not self.is_client:
             # RFC 9001 §4.1.2: the server's handshake is confirmed once complete.
             self.handshake_done_pending = True
@@ -964,6 +976,8 @@ class Connection:
             if level == APP and self.send_keys[APP] is None:
                 if self.send_keys[EARLY] is None or not self.is_client:
                     continue
+                if not self.spaces[0].next_pn and not built:
+                    continue  # 0-RTT follows the ClientHello, never precedes it
                 level = EARLY
             if self.send_keys[level] is None:
                 continue

@@ -209,7 +209,9 @@ class LossRecovery:
         self._spaces = [_Space(), _Space(), _Space()]
         self._first_rtt_sample: float | None = None
         # When the timer was last (re)armed: the client's anti-deadlock PTO runs from it.
-        self._timer_base = 0.0
+        # None until the first packet goes out: before the ClientHello there is nothing
+        # to probe for (a resuming client may queue 0-RTT data before it).
+        self._timer_base: float | None = None
         cc.smoothed_rtt = self.rtt.smoothed_rtt
 
     @property
@@ -373,7 +375,11 @@ class LossRecovery:
         backoff = 1 << self.pto_count
         rtt = self.rtt
         if not self._ack_eliciting_in_flight():
-            if self.peer_completed_address_validation or self.handshake_confirmed:
+            if (
+                self.peer_completed_address_validation
+                or self.handshake_confirmed
+                or self._timer_base is None
+            ):
                 return None, PacketNumberSpace.INITIAL
             space = (
                 PacketNumberSpace.HANDSHAKE

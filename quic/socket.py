@@ -42,7 +42,12 @@ from .packet import encode_retry, parse_header
 from .qlog import QlogWriter
 from .stream import StreamLimitError, StreamStateError
 from .token import TokenError, TokenType, ValidatedToken
-from .transport_params import default_local_parameters, params_from_uapi, params_to_uapi
+from .transport_params import (
+    TransportParameters,
+    default_local_parameters,
+    params_from_uapi,
+    params_to_uapi,
+)
 from .tunnel import Tunnel, get_tunnel, put_tunnel
 
 log = logging.getLogger(__name__)
@@ -183,6 +188,10 @@ class QuicSocket:
             if self.state != SOCK_CLOSED:
                 raise _err(errno.EINVAL)
             self._backlog = backlog or DEFAULT_BACKLOG
+            if not self.session_ticket:
+                # One ticket key for every connection of this listener, so a ticket one
+                # of them issued resumes on another.
+                self.session_ticket = os.urandom(64)
             self.state = SOCK_LISTENING
             self.tunnel.add_listener(self)
 
@@ -221,6 +230,10 @@ class QuicSocket:
                 on_reset_token=self._reset_route_add,
                 on_reset_token_gone=self._reset_route_remove,
             )
+            if self.remote_params is not None:
+                self.conn.remember_peer_params(
+                    params_from_uapi(self.remote_params, TransportParameters())
+                )
             self._start_qlog()
             self.state = SOCK_ESTABLISHING
 
@@ -478,12 +491,18 @@ class QuicSocket:
     def send(self, data: bytes, flags: int = 0) -> int:
         return self.sendmsg([data], (), flags)
 
-    def _wait_established(self, flags: int) -> Connection:
+    def _wait_established(self, flags: int, early: bool = False) -> Connection:
+        """The connection once established; with ``early``, a resuming client's at once
+        (its data goes in 0-RTT packets, or 1-RTT if the server declines them)."""
         deadline = self._deadline()
         self._wait(
             lambda: (
                 self.conn is not None
-                and (self.conn.state != State.ESTABLISHING or self.conn.handshake_complete)
+                and (
+                    self.conn.state != State.ESTABLISHING
+                    or self.conn.handshake_complete
+                    or (early and self.conn.zero_rtt_allowed)
+                )
             ),
             deadline,
             flags,
@@ -517,7 +536,7 @@ class QuicSocket:
         if not data and not fin:
             raise _err(errno.EINVAL, "empty send without FIN")
         with self._lock:
-            conn = self._wait_established(flags)
+            conn = self._wait_established(flags, early=True)
             sid = self._choose_stream(conn, info.stream_id, sflags, flags)
             self._ensure_open(conn, sid, sflags)
             view = memoryview(data)

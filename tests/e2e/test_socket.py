@@ -495,3 +495,64 @@ def test_retry_and_new_token_validate_addresses(pki, server_thread) -> None:
     assert [c.conn.peer_address_validated for c in children] == [True, True, True]
     for sock in (*children, *clients, srv):
         sock.close()
+
+
+@pytest.mark.parametrize("accept_early", [True, False], ids=["0rtt-accepted", "0rtt-rejected"])
+def test_resumption_and_zero_rtt(pki, server_thread, accept_early) -> None:
+    """A client keeps the ticket and the server's parameters, sends its request before
+    the resumed handshake (0-RTT); accepted or declined, the request arrives once."""
+    srv = listener()
+    results = []
+
+    def serve() -> None:
+        for _ in range(2):
+            child, _ = srv.accept()
+            child.settimeout(TIMEOUT)
+            results.append(
+                quic_server_handshake(
+                    child,
+                    str(pki.server_key),
+                    str(pki.server_cert),
+                    "smb",
+                    timeout=TIMEOUT,
+                    early_data=accept_early,
+                )
+            )
+            sid, data = read_stream(child)
+            quic_sendmsg(child, b"reply to " + data, sid, uapi.MSG_QUIC_STREAM_FIN)
+            children.append(child)
+
+    children: list[QuicSocket] = []
+    server = server_thread(serve)
+    port = srv.getsockname()[1]
+    first = QuicSocket()
+    first.settimeout(TIMEOUT)
+    first.connect(("127.0.0.1", port))
+    res = quic_client_handshake(
+        first, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT, receive_ticket=2
+    )
+    assert not res.resumed and res.session_data
+    quic_sendmsg(first, b"first", 0, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    assert read_stream(first)[1] == b"reply to first"
+    ticket = first.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 4096)
+    assert ticket == res.session_data
+    remote = uapi.QuicTransportParam(remote=1).pack()
+    params = first.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, remote)
+
+    second = QuicSocket()
+    second.settimeout(TIMEOUT)
+    second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, ticket)
+    second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
+    second.connect(("127.0.0.1", port))
+    # Before the handshake: queued, and sent in 0-RTT packets with the ClientHello.
+    quic_sendmsg(second, b"early", 0, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    res2 = quic_client_handshake(
+        second, None, "server.test", "smb", ca_file=str(pki.ca), timeout=TIMEOUT
+    )
+    assert res2.resumed and res2.early_data == accept_early
+    assert read_stream(second)[1] == b"reply to early"
+    server.join()
+    assert [r.resumed for r in results] == [False, True]
+    assert results[1].early_data == accept_early
+    for sock in (*children, first, second, srv):
+        sock.close()

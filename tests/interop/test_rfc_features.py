@@ -229,3 +229,25 @@ def test_stateless_reset_after_a_server_restart(pki, www, tmp_path, start_server
     with pytest.raises(ConnectionResetError, match="stateless reset"):
         fetch(sock, "small.txt")
     sock.close()
+
+
+TWO = ["small.txt", "medium.bin"]
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--zero-rtt"])
+def test_resumption_kquic_client_with_aioquic(pki, www, tmp_path, start_server, mode) -> None:
+    server = start_server(aioquic_server(pki, www))
+    result = run(kquic_client(server.port, TWO, tmp_path, pki, mode))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Resuming, a client always offers early data; only --zero-rtt sends any in it.
+    assert "resumed: True, 0-RTT accepted: True" in result.stdout
+    check_files(www, tmp_path, TWO)
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--zero-rtt"])
+def test_resumption_aioquic_client_with_kquic(pki, www, tmp_path, start_server, mode) -> None:
+    server = start_server(kquic_server(pki, www))
+    result = run(aioquic_client(server.port, TWO, tmp_path, pki, mode))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed True early_data True" in result.stdout
+    check_files(www, tmp_path, TWO)

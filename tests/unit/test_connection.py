@@ -693,3 +693,22 @@ def test_grease_quic_bit_is_varied_only_toward_a_peer_that_allows_it() -> None:
         for datagram in plain.client.datagrams_to_send(plain.now):
             assert datagram[0] & 0x40
             plain.server.receive_datagram(datagram, CLIENT_ADDR, plain.now)
+
+
+def test_a_client_arms_no_probe_before_its_first_packet() -> None:
+    """RFC 9002 App. A.8's anti-deadlock PTO covers a sent ClientHello; a resuming client
+    that queues 0-RTT data before the handshake must not probe with an empty Initial."""
+    from quic.transport_params import TransportParameters
+
+    client = Pair().client
+    client.remember_peer_params(
+        TransportParameters(
+            initial_max_data=10_000,
+            initial_max_streams_bidi=4,
+            initial_max_stream_data_bidi_remote=10_000,
+        )
+    )
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, b"early request", True, True)
+    assert client.recovery.loss_detection_deadline() is None
+    assert client.datagrams_to_send(1000.0) == []  # no keys for 0-RTT yet, no probe

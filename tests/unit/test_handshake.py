@@ -80,6 +80,8 @@ class MemorySocket:
             self.peer_tp = value
         elif optname == uapi.QUIC_SOCKOPT_ALPN:
             self.alpn = value
+        elif optname == uapi.QUIC_SOCKOPT_SESSION_TICKET:
+            self.ticket_key = value  # a client's session data, kept for its next connection
         elif optname == uapi.QUIC_SOCKOPT_CONNECTION_CLOSE:
             self.close_record = value
             if self.peer is not None:
