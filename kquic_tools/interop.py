@@ -5,7 +5,7 @@ bidirectional stream with FIN; the server answers with the file and FIN.
     kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE
     kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--version 1|2]
                          [--cipher aes128gcm|aes256gcm|chacha20] [--key-update]
-                         [--resume | --zero-rtt]
+                         [--resume | --zero-rtt] [--migrate]
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ CIPHERS = {
     "aes256gcm": uapi.TLS_CIPHER_AES_GCM_256,
     "chacha20": uapi.TLS_CIPHER_CHACHA20_POLY1305,
 }
-NOT_YET = ("migrate",)
-EXIT_UNSUPPORTED = 127
 CHUNK = 1 << 16
+MIGRATE_AFTER = 1 << 20  # bytes of a response before --migrate moves the client
 log = logging.getLogger("kquic.interop")
 
 
@@ -170,21 +169,29 @@ def read_responses(
     args: argparse.Namespace, sock: QuicSocket, names: dict[int, str], out: Path
 ) -> None:
     bodies: dict[int, bytearray] = {sid: bytearray() for sid in names}
-    update_due = args.key_update
-    if update_due:
-        event = uapi.QuicEventOption(uapi.QUIC_EVENT_KEY_UPDATE, 1).pack()
-        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, event)
+    update_due, migrate_due = args.key_update, args.migrate
+    for wanted, event_type in (
+        (update_due, uapi.QUIC_EVENT_KEY_UPDATE),
+        (migrate_due, uapi.QUIC_EVENT_CONNECTION_MIGRATION),
+    ):
+        if wanted:
+            event = uapi.QuicEventOption(event_type, 1).pack()
+            sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, event)
     while names:
         data, sid, flags = quic_recvmsg(sock, CHUNK)
         if flags & uapi.MSG_QUIC_NOTIFICATION:
             if data[:1] == bytes((uapi.QUIC_EVENT_KEY_UPDATE,)):
                 print(f"key update: both sides on key phase {data[1]}", flush=True)
+            elif data[:1] == bytes((uapi.QUIC_EVENT_CONNECTION_MIGRATION,)):
+                print(f"migrated: now on {sock.getsockname()}", flush=True)
             continue
         if sid not in bodies:
             continue
         bodies[sid] += data
         if update_due:
             update_due = not start_key_update(sock)
+        if migrate_due and len(bodies[sid]) > MIGRATE_AFTER:
+            migrate_due = not start_migration(sock)
         if flags & uapi.MSG_QUIC_STREAM_FIN:
             (out / names.pop(sid)).write_bytes(bodies.pop(sid))
 
@@ -196,6 +203,21 @@ def start_key_update(sock: QuicSocket) -> bool:
         sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_KEY_UPDATE, b"")
     except BlockingIOError:
         return False
+    return True
+
+
+def start_migration(sock: QuicSocket) -> bool:
+    """Move to a new local port mid-transfer (QUIC_SOCKOPT_CONNECTION_MIGRATION); False
+    when it cannot start yet (no spare connection ID or handshake unconfirmed)."""
+    host = sock.getsockname()[0]
+    try:
+        sock.setsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, uapi.pack_sockaddr((host, 0))
+        )
+    except OSError as exc:
+        log.info("migration not started yet: %s", exc)
+        return False
+    print(f"migrating from {host} port {sock.getsockname()[1]}", flush=True)
     return True
 
 
@@ -226,10 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    wanted = [name for name in NOT_YET if getattr(args, name, False)]
-    if wanted:
-        print(f"kquic-interop: --{wanted[0].replace('_', '-')}: not supported yet", file=sys.stderr)
-        return EXIT_UNSUPPORTED
     for path in ("cert", "key", "ca"):
         value = getattr(args, path, None)
         if value and not Path(value).is_file():

@@ -57,6 +57,7 @@ from .frame import (
     encode_frame,
     encode_stream_header,
 )
+from .migration import MAX_CHALLENGES, PathCheck, same_host, validation_timeout
 from .packet import (
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
@@ -135,6 +136,9 @@ class ConnectionConfig:
     new_token: bytes = b""  # server: sent in NEW_TOKEN once the handshake completes
     event_mask: int = 0  # bit N set: lxin event type N is reported
 
+
+# RFC 9000 §9.1: frames that probe a path without moving the connection onto it.
+PROBING_FRAMES = (PathChallenge, PathResponse, NewConnectionId)
 
 # Records kept in SentPacket.frames, telling what to do when a packet is acked or lost.
 REC_ACK, REC_CRYPTO, REC_STREAM, REC_CONTROL, REC_HANDSHAKE_DONE = range(5)
@@ -226,6 +230,14 @@ class Connection:
         self.peer_params: TransportParameters | None = None
         self.grease_bit = False
         self.zero_rtt_allowed = False  # client: remembered parameters let data go early
+        # Migration (RFC 9000 §9): the path being validated, and datagrams for paths
+        # other than the current one as (datagram, peer address, local path 0|1).
+        self.path_check: PathCheck | None = None
+        self.probes_out: deque[tuple[bytes, tuple, int]] = deque()
+        self._packet_addr: tuple = peer_addr
+        self._non_probing = False
+        self.migrated_local = False
+        self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
@@ -451,6 +463,9 @@ class Connection:
             return
         fixed_bit = not (self.local_params.grease_quic_bit)
         packets = iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
+        moved = addr != self.peer_addr
+        self._packet_addr = addr
+        self._non_probing = False
         unopened = False
         while True:
             try:
@@ -469,6 +484,8 @@ class Connection:
                 return
         if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
             self._on_stateless_reset(now)
+        elif moved and self._non_probing and self.handshake_confirmed:
+            self._on_peer_address_change(addr, len(data), now)
 
     def _on_stateless_reset(self, now: float) -> None:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
@@ -541,6 +558,9 @@ class Connection:
                 return True
         space.on_received(pn, ack_eliciting, now)
         self.idle_deadline = now + self._idle_timeout()
+        if level == APP and pn == space.largest_received:
+            # RFC 9000 §9.3: only the newest packet with a non-probing frame moves a path.
+            self._non_probing |= any(type(f) not in PROBING_FRAMES for f in frames)
         return True
 
     def _on_retry(self, header, now: float) -> None:
@@ -817,12 +837,130 @@ class Connection:
         return True
 
     def _on_path_challenge(self, frame: PathChallenge, level: int, now: float) -> bool:
+        """RFC 9000 §8.2.2: answer on the path the challenge came on, never again later."""
         response = PathResponse(frame.data)
-        self.control.append((response, (REC_PING,)))  # never retransmitted (RFC 9000 §13.3)
+        if self._packet_addr == self.peer_addr:
+            self.control.append((response, (REC_PING,)))
+            self.pad_next = True
+        else:
+            self.probes_out.append((self._probe([response], now), self._packet_addr, 0))
         return True
 
     def _on_path_response(self, frame: PathResponse, level: int, now: float) -> bool:
+        """RFC 9000 §8.2.3: only the data we sent validates; anything else is ignored."""
+        check = self.path_check
+        if check is None or not check.answers(frame.data):
+            log.debug("PATH_RESPONSE that answers no challenge of ours: ignored")
+            return True
+        self.path_check = None
+        if check.local:
+            self.migrated_local = True  # the socket switches to the new local address
+        self.peer_address_validated = True
+        self._notify(uapi.QUIC_EVENT_CONNECTION_MIGRATION, bytes((check.local,)))
         return True
+
+    def _on_peer_address_change(self, addr: tuple, size: int, now: float) -> None:
+        """The peer moved (RFC 9000 §9.3): follow, but prove the address before sending
+        it more than three times what came from it, and reset congestion control
+        unless only the port changed."""
+        old = self.peer_addr
+        log.info("peer moved from %s to %s", old, addr)
+        self.peer_addr = addr
+        if not same_host(old, addr):
+            self.recovery.on_new_path()
+        self._use_new_dcid()
+        fallback = old if self.path_check is None else self.path_check.fallback
+        self._start_path_check(addr, 0, fallback, now)
+        # Until the challenge is answered, at most 3x what arrived from it (§9.3.1).
+        self.peer_address_validated = False
+        self.bytes_received, self.bytes_sent = size, 0
+
+    def migrate(self, now: float) -> bool:
+        """QUIC_SOCKOPT_CONNECTION_MIGRATION on a client: probe from the new local
+        address (local path 1) with a fresh connection ID; :attr:`migrated_local`
+        turns True when the server has answered and the socket may switch."""
+        peer = self.peer_params
+        if (
+            not self.is_client
+            or not self.handshake_confirmed
+            or self.path_check is not None
+            or (peer is not None and peer.disable_active_migration)
+            or not self._use_new_dcid()
+        ):
+            return False
+        self._start_path_check(self.peer_addr, 1, None, now)
+        return True
+
+    def on_local_migration(self) -> None:
+        """The socket now sends from the new local address: a new path (RFC 9000 §9.4)."""
+        self.migrated_local = False
+        self.recovery.on_new_path()
+
+    def _use_new_dcid(self) -> bool:
+        """RFC 9000 §9.5: a new path gets a connection ID never used on another."""
+        if not self.dest_cids.rotate():
+            return False
+        while self.dest_cids.to_retire:
+            self._queue_control(RetireConnectionId(self.dest_cids.to_retire.pop(0)))
+        return True
+
+    def _start_path_check(self, addr: tuple, local: int, fallback, now: float) -> None:
+        timeout = validation_timeout(self.recovery.pto_interval(), self.config.initial_rtt)
+        self.path_check = PathCheck(addr, now + timeout, local, fallback)
+        self._send_challenge(now)
+
+    def _send_challenge(self, now: float) -> None:
+        check = self.path_check
+        check.sent += 1
+        check.resend_at = now + self.recovery.pto_interval()
+        challenge = PathChallenge(check.data)
+        if check.local == 0 and check.peer_addr == self.peer_addr:
+            self.control.append((challenge, (REC_PING,)))
+            self.pad_next = True
+        else:
+            self.probes_out.append((self._probe([challenge], now), check.peer_addr, check.local))
+
+    def _path_check_timer(self, now: float) -> None:
+        check = self.path_check
+        if now >= check.deadline:
+            self.path_check = None
+            log.info("path to %s not validated", check.peer_addr)
+            if check.fallback is not None:
+                self.peer_addr = check.fallback  # RFC 9000 §9.3.2: back to the old path
+                self.peer_address_validated = True
+            elif check.local == 0:
+                self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"path lost", False)
+                self.state = State.CLOSED
+                self._notify_close()
+        elif now >= check.resend_at and check.sent < MAX_CHALLENGES:
+            self._send_challenge(now)
+
+    def _probe(self, frames: list, now: float) -> bytes:
+        """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1). Its
+        number is taken from the application space but it is not tracked for loss:
+        PATH_CHALLENGE and PATH_RESPONSE are never retransmitted as such."""
+        parts = []
+        for frame in frames:
+            buf = bytearray()
+            encode_frame(frame, buf)
+            parts.append(bytes(buf))
+        space = self.spaces[PacketNumberSpace.APPLICATION]
+        sent = SentPacket(
+            packet_number=space.next_pn,
+            space=PacketNumberSpace.APPLICATION,
+            time_sent=now,
+            sent_bytes=0,
+            ack_eliciting=False,
+            in_flight=False,
+            is_pmtu_probe=False,
+            frames=[],
+        )
+        pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts)
+        if pad > 0:
+            parts.append(bytes(pad))
+        datagram = self._seal(APP, parts, sent)
+        space.take_pn()
+        return datagram
 
     def _on_new_token(self, frame: NewToken, level: int, now: float) -> bool:
         if not self.is_client:
@@ -994,13 +1132,15 @@ class Connection:
             # One probe spent, whatever it carried (RFC 9002 §6.2.4): the rest of the data
             # waits for the congestion window again.
             self.pending_ping -= 1
-        needs_padding = any(
+        needs_padding = self.pad_next or any(
             p[0] == INITIAL and (self.is_client or p[3].ack_eliciting) for p in built
         )
+        self.pad_next = False
         datagram = bytearray()
         for index, (level, _, payload_parts, sent) in enumerate(built):
             if needs_padding and index == len(built) - 1:
-                pad = MIN_INITIAL_SIZE - (len(datagram) + self._estimate_size(level, payload_parts))
+                target = min(MIN_INITIAL_SIZE, budget)  # RFC 9000 §8.2.1: within the 3x limit
+                pad = target - (len(datagram) + self._estimate_size(level, payload_parts))
                 if pad > 0:
                     payload_parts.append(bytes(pad))
                     sent.in_flight = True
@@ -1306,6 +1446,8 @@ class Connection:
         deadlines = [self.idle_deadline]
         if self.pacing_deadline is not None:
             deadlines.append(self.pacing_deadline)
+        if self.path_check is not None:
+            deadlines.append(min(self.path_check.resend_at, self.path_check.deadline))
         loss = self.recovery.loss_detection_deadline()
         if loss is not None:
             deadlines.append(loss)
@@ -1328,6 +1470,8 @@ class Connection:
             return
         if self.pacing_deadline is not None and now >= self.pacing_deadline:
             self.pacing_deadline = None  # the flush that follows sends what was held
+        if self.path_check is not None:
+            self._path_check_timer(now)
         if now >= self.idle_deadline:
             self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
             self.state = State.CLOSED

@@ -103,6 +103,8 @@ class QuicSocket:
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
         self._extra_routes: list[bytes] = []
+        self._new_tunnel: Tunnel | None = None  # a local address being migrated to
+        self._old_tunnels: list[Tunnel] = []
         self._reset_routes: set[bytes] = set()
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
@@ -259,17 +261,27 @@ class QuicSocket:
 
     def _reset_route_add(self, token: bytes) -> None:
         self._reset_routes.add(token)
-        self.tunnel.add_reset_route(token, self)
+        for tunnel in self._tunnels():
+            tunnel.add_reset_route(token, self)
 
     def _reset_route_remove(self, token: bytes) -> None:
         self._reset_routes.discard(token)
-        self.tunnel.remove_reset_route(token)
+        for tunnel in self._tunnels():
+            tunnel.remove_reset_route(token)
+
+    def _tunnels(self) -> list[Tunnel]:
+        """Every UDP endpoint that routes to this socket: the one in use, one being
+        migrated to, and those left by earlier migrations."""
+        extra = [self._new_tunnel] if self._new_tunnel else []
+        return [self.tunnel, *extra, *self._old_tunnels]
 
     def _route_add(self, cid: bytes) -> None:
-        self.tunnel.add_route(cid, self)
+        for tunnel in self._tunnels():
+            tunnel.add_route(cid, self)
 
     def _route_remove(self, cid: bytes) -> None:
-        self.tunnel.remove_route(cid)
+        for tunnel in self._tunnels():
+            tunnel.remove_route(cid)
 
     # the tunnel's Listener protocol
 
@@ -367,6 +379,12 @@ class QuicSocket:
             if conn is None or self.tunnel is None:
                 return
             now = time.monotonic() if now is None else now
+            while conn.probes_out:
+                datagram, addr, local = conn.probes_out.popleft()
+                tunnel = self._new_tunnel if local and self._new_tunnel else self.tunnel
+                tunnel.sendto(datagram, addr)
+            if conn.migrated_local:
+                self._switch_tunnel(conn)
             sendto = self.tunnel.sendto
             peer = conn.peer_addr
             for datagram in conn.datagrams_to_send(now):
@@ -380,6 +398,45 @@ class QuicSocket:
             self._cond.notify_all()
             self._update_ready()
 
+    def _set_connection_migration(self, value: bytes) -> None:
+        """Established client: move to a new local address (port 0: any), probing it with
+        PATH_CHALLENGE first; the switch happens when the server answers."""
+        conn = self._check_alive()
+        addr = uapi.unpack_sockaddr(value)
+        if not conn.is_client or conn.state != State.ESTABLISHED or self._new_tunnel:
+            raise ValueError("only an established client migrates, once at a time")
+        if (":" in addr[0]) != (self.family == _socket.AF_INET6):
+            raise ValueError("migration keeps the address family")
+        try:
+            tunnel = get_tunnel(addr, CID_LENGTH)
+        except OSError as exc:
+            raise ValueError(f"cannot bind {addr}: {exc.strerror}") from None
+        self._add_routes(tunnel)
+        if not conn.migrate(time.monotonic()):
+            self._drop_routes(tunnel)
+            put_tunnel(tunnel)
+            raise ValueError("no spare connection ID, migration disabled, or handshake unconfirmed")
+        self._new_tunnel = tunnel
+
+    def _switch_tunnel(self, conn: Connection) -> None:
+        """The new local path is validated: send from it; the old tunnel keeps our
+        routes until the connection ends, for packets still in flight to it."""
+        self._old_tunnels.append(self.tunnel)
+        self.tunnel, self._new_tunnel = self._new_tunnel, None
+        conn.on_local_migration()
+
+    def _add_routes(self, tunnel: Tunnel) -> None:
+        for entry in self.conn.source_cids.ids.values():
+            tunnel.add_route(entry.cid, self)
+        for token in self._reset_routes:
+            tunnel.add_reset_route(token, self)
+
+    def _drop_routes(self, tunnel: Tunnel) -> None:
+        for entry in self.conn.source_cids.ids.values():
+            tunnel.remove_route(entry.cid)
+        for token in self._reset_routes:
+            tunnel.remove_reset_route(token)
+
     def timer_expired(self, now: float) -> None:
         with self._lock:
             if self.conn is not None:
@@ -392,13 +449,18 @@ class QuicSocket:
             self.conn.source_cids.release_all()
         if self._qlog is not None:
             self._qlog.close()
-        for cid in self._extra_routes:
-            self.tunnel.remove_route(cid)
+        for tunnel in self._tunnels():
+            for cid in self._extra_routes:
+                tunnel.remove_route(cid)
+            for token in self._reset_routes:
+                tunnel.remove_reset_route(token)
+            tunnel.schedule(self, None)
         self._extra_routes.clear()
-        for token in self._reset_routes:
-            self.tunnel.remove_reset_route(token)
         self._reset_routes.clear()
-        self.tunnel.schedule(self, None)
+        for tunnel in self._tunnels()[1:]:
+            put_tunnel(tunnel)
+        self._new_tunnel = None
+        self._old_tunnels.clear()
         if self._released and self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             put_tunnel(tunnel)
@@ -944,7 +1006,7 @@ class QuicSocket:
         uapi.QUIC_SOCKOPT_STREAM_RESET: _set_stream_reset,
         uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING: _set_stop_sending,
         uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _set_connection_close,
-        uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION: _unsupported,
+        uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION: _set_connection_migration,
         uapi.QUIC_SOCKOPT_KEY_UPDATE: _set_key_update,
         uapi.QUIC_SOCKOPT_CONNECTION_ID: _unsupported,
         uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _set_transport_param,

@@ -8,6 +8,7 @@ return ``bytes`` just as the kernel's ``optval`` buffers do.
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
@@ -323,3 +324,36 @@ class QuicConnectionClose(_Record):
     def reason(self) -> str:
         """The phrase as text, without the NUL padding of the C buffer."""
         return self.phrase.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def pack_sockaddr(addr: tuple) -> bytes:
+    """``struct sockaddr_in`` or ``sockaddr_in6`` for an address tuple, the optval of
+    QUIC_SOCKOPT_CONNECTION_MIGRATION."""
+    host, port = addr[0], addr[1]
+    if ":" in host:
+        flowinfo = addr[2] if len(addr) > 2 else 0
+        scope_id = addr[3] if len(addr) > 3 else 0
+        raw = socket.inet_pton(socket.AF_INET6, host)
+        return (
+            struct.pack("=H", socket.AF_INET6)
+            + struct.pack("!HI", port, flowinfo)
+            + raw
+            + (struct.pack("=I", scope_id))
+        )
+    raw = socket.inet_pton(socket.AF_INET, host)
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + raw + bytes(8)
+
+
+def unpack_sockaddr(data: bytes) -> tuple:
+    """The address tuple in a ``struct sockaddr_in``/``sockaddr_in6``; ValueError else."""
+    if len(data) < 2:
+        raise ValueError("short sockaddr")
+    (family,) = struct.unpack_from("=H", data)
+    if family == socket.AF_INET and len(data) >= 8:
+        (port,) = struct.unpack_from("!H", data, 2)
+        return socket.inet_ntop(socket.AF_INET, data[4:8]), port
+    if family == socket.AF_INET6 and len(data) >= 28:
+        port, flowinfo = struct.unpack_from("!HI", data, 2)
+        (scope_id,) = struct.unpack_from("=I", data, 24)
+        return socket.inet_ntop(socket.AF_INET6, data[8:24]), port, flowinfo, scope_id
+    raise ValueError("not a sockaddr_in or sockaddr_in6")

@@ -86,12 +86,20 @@ class LossyRelay:
     deliver it after the next one (reordering), or after ``MAX_HOLD`` seconds when no other
     comes: a real path reorders, it does not keep a packet until the sender's next one,
     which for a paced or idle sender can be a timeout later. Bounded: it stops with the test.
+
+    With ``rebind_after`` it acts as a NAT whose mapping changes: after that many client
+    datagrams it sends on from a new port, as if the client's port had changed.
     """
 
     MAX_HOLD = 0.005
 
     def __init__(
-        self, target: tuple[str, int], loss: float = 0.05, reorder: float = 0.05, seed: int = 1
+        self,
+        target: tuple[str, int],
+        loss: float = 0.05,
+        reorder: float = 0.05,
+        seed: int = 1,
+        rebind_after: int | None = None,
     ) -> None:
         self.target = target
         self.loss = loss
@@ -105,6 +113,9 @@ class LossyRelay:
         self.client: tuple | None = None
         self.held: dict[int, tuple[bytes, tuple, float] | None] = {0: None, 1: None}
         self.dropped = 0
+        self.rebind_after = rebind_after
+        self.forwarded = 0
+        self.old_ports: list[int] = []
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -141,9 +152,18 @@ class LossyRelay:
                 if sock is self.front:
                     self.client = addr
                     self._forward(0, self.back, data, self.target)
+                    self.forwarded += 1
+                    if self.forwarded == self.rebind_after:
+                        self._rebind()
                 elif self.client is not None:
                     self._forward(1, self.front, data, self.client)
             self._release_overdue()
+
+    def _rebind(self) -> None:
+        old, self.back = self.back, socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        self.old_ports.append(old.getsockname()[1])
+        old.close()
 
     def close(self) -> None:
         self._stop = True

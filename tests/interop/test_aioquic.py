@@ -117,21 +117,6 @@ def test_lossy_relay_both_implementations(pki, www, tmp_path, start_server) -> N
         check_files(www, out, names)
 
 
-def test_unsupported_flags_say_so(tmp_path) -> None:
-    result = run(
-        python(
-            "-m",
-            "kquic_tools.interop",
-            "client",
-            "https://127.0.0.1:1/x",
-            "--output",
-            str(tmp_path),
-            "--migrate",
-        )
-    )
-    assert result.returncode == 127 and "not supported yet" in result.stderr
-
-
 def test_user_mistakes_get_a_message_not_a_traceback(tmp_path) -> None:
     result = run(
         python(

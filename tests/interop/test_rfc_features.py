@@ -14,6 +14,7 @@ from handshake.libquic import quic_client_handshake, quic_server_handshake
 from quic import uapi
 from quic.socket import QuicSocket
 from tests.interop.conftest import (
+    LossyRelay,
     aioquic_client,
     aioquic_server,
     check_files,
@@ -251,3 +252,37 @@ def test_resumption_aioquic_client_with_kquic(pki, www, tmp_path, start_server, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed True early_data True" in result.stdout
     check_files(www, tmp_path, TWO)
+
+
+@pytest.mark.parametrize("server_impl", ["kquic", "aioquic"])
+def test_nat_rebinding_mid_transfer(pki, www, tmp_path, start_server, server_impl) -> None:
+    """RFC 9000 §9.3: the client's port changes under a NAT mid-download; the server
+    follows it after validating the new address, and the 10 MB file arrives intact."""
+    if server_impl == "kquic":
+        server = start_server(kquic_server(pki, www))
+    else:
+        server = start_server(aioquic_server(pki, www))
+    relay = LossyRelay(("127.0.0.1", server.port), loss=0, reorder=0, rebind_after=200)
+    try:
+        if server_impl == "kquic":
+            argv = aioquic_client(relay.port, LARGE, tmp_path, pki)
+        else:
+            argv = kquic_client(relay.port, LARGE, tmp_path, pki)
+        result = run(argv)
+    finally:
+        relay.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert relay.old_ports  # the rebinding happened
+    check_files(www, tmp_path, LARGE)
+
+
+@pytest.mark.parametrize("server_impl", ["aioquic", "kquic"])
+def test_active_migration_kquic_client(pki, www, tmp_path, start_server, server_impl) -> None:
+    """QUIC_SOCKOPT_CONNECTION_MIGRATION mid-download: the client probes from a new port,
+    switches when the server answers the PATH_CHALLENGE, and the file arrives intact."""
+    make = aioquic_server if server_impl == "aioquic" else kquic_server
+    server = start_server(make(pki, www))
+    result = run(kquic_client(server.port, LARGE, tmp_path, pki, "--migrate"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "migrating from" in result.stdout and "migrated: now on" in result.stdout
+    check_files(www, tmp_path, LARGE)

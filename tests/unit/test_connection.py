@@ -712,3 +712,83 @@ def test_a_client_arms_no_probe_before_its_first_packet() -> None:
     client.send_stream(sid, b"early request", True, True)
     assert client.recovery.loss_detection_deadline() is None
     assert client.datagrams_to_send(1000.0) == []  # no keys for 0-RTT yet, no probe
+
+
+def move_client(pair: Pair, new_addr: tuple, rounds: int, deliver_to_new: bool = True) -> None:
+    """Exchange with the client seen from ``new_addr``; the server's answers reach the
+    client only if ``deliver_to_new``."""
+    client, server = pair.client, pair.server
+    for _ in range(rounds):
+        pair.now += STEP
+        for conn in (client, server):
+            deadline = conn.next_deadline()
+            if deadline is not None and deadline <= pair.now:
+                conn.handle_timer(pair.now)
+        for datagram in client.datagrams_to_send(pair.now):
+            server.receive_datagram(datagram, new_addr, pair.now)
+        outgoing = [(d, server.peer_addr) for d in server.datagrams_to_send(pair.now)]
+        while server.probes_out:
+            datagram, addr, _ = server.probes_out.popleft()
+            outgoing.append((datagram, addr))
+        for datagram, addr in outgoing:
+            if addr != new_addr or deliver_to_new:
+                client.receive_datagram(datagram, SERVER_ADDR, pair.now)
+
+
+def test_peer_address_change_is_validated_and_followed() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.server.dest_cids.ids) > 1)
+    server = pair.server
+    sid = pair.client.open_stream(uni=False)
+    pair.client.send_stream(sid, b"after the move", True, True)
+    old_dcid = server.dest_cids.active.cid
+    new_addr = ("127.0.0.1", 40001)  # a NAT rebinding: same host, new port
+    window = server.recovery.cc.congestion_window
+    move_client(pair, new_addr, 50)
+    assert server.peer_addr == new_addr and server.path_check is None
+    assert server.peer_address_validated
+    assert server.dest_cids.active.cid != old_dcid  # a fresh CID for the new path
+    assert server.recovery.cc.congestion_window >= window  # port only: state kept
+
+
+def test_unanswered_path_falls_back_and_forged_responses_do_nothing() -> None:
+    from quic.frame import PathResponse
+
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.server.dest_cids.ids) > 1)
+    server = pair.server
+    sid = pair.client.open_stream(uni=False)
+    pair.client.send_stream(sid, b"x", False, True)
+    new_addr = ("192.0.2.9", 5555)  # a new host: congestion state starts over
+    move_client(pair, new_addr, 1, deliver_to_new=False)
+    assert server.peer_addr == new_addr and server.path_check is not None
+    assert not server.peer_address_validated
+    server._on_path_response(PathResponse(b"12345678"), APP, pair.now)  # not our data
+    assert server.path_check is not None and not server.peer_address_validated
+    # Nothing answers: after the validation timeout the server goes back.
+    for _ in range(5000):
+        if server.path_check is None:
+            break
+        pair.now += 0.01
+        server.handle_timer(pair.now)
+        server.datagrams_to_send(pair.now)
+        server.probes_out.clear()
+    assert server.path_check is None
+    assert server.peer_addr == CLIENT_ADDR and server.peer_address_validated
+
+
+def test_an_unvalidated_new_address_gets_at_most_three_times_what_it_sent() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.server.dest_cids.ids) > 1)
+    server = pair.server
+    sid = server.open_stream(uni=False)
+    server.send_stream(sid, bytes(200_000), True, True)  # plenty to send
+    sid_c = pair.client.open_stream(uni=False)
+    pair.client.send_stream(sid_c, b"hello", False, True)
+    datagram = pair.client.datagrams_to_send(pair.now)[0]
+    server.receive_datagram(datagram, ("192.0.2.9", 5555), pair.now)
+    sent = sum(map(len, server.datagrams_to_send(pair.now)))
+    assert sent <= 3 * len(datagram)
