@@ -13,7 +13,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from . import uapi
@@ -72,6 +72,7 @@ from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
 from .stream import CryptoStream, FlowController, StreamLimitError, StreamManager
 from .transport_params import (
+    PreferredAddress,
     TransportParameters,
     VersionInformation,
     decode_transport_parameters,
@@ -134,6 +135,7 @@ class ConnectionConfig:
     # RFC 9368: offer (client) or accept (server) a switch between v1 and v2.
     compatible_versions: bool = True
     new_token: bytes = b""  # server: sent in NEW_TOKEN once the handshake completes
+    preferred_address: tuple | None = None  # server: offered in preferred_address
     event_mask: int = 0  # bit N set: lxin event type N is reported
 
 
@@ -322,7 +324,22 @@ class Connection:
             params.original_destination_connection_id = self.original_dcid
             params.retry_source_connection_id = self.retry_scid
             params.stateless_reset_token = self.source_cids.ids[0].reset_token
+            if self.config.preferred_address is not None and params.preferred_address is None:
+                params = self._offer_preferred_address(params)
         return encode_transport_parameters(params)
+
+    def _offer_preferred_address(self, params: TransportParameters) -> TransportParameters:
+        """RFC 9000 §9.6: the address, and the connection ID of sequence 1 to reach it."""
+        entry = self.source_cids.issue()
+        addr = self.config.preferred_address
+        v6 = ":" in addr[0]
+        preferred = PreferredAddress(
+            ipv4=None if v6 else (addr[0], addr[1]),
+            ipv6=(addr[0], addr[1]) if v6 else None,
+            connection_id=entry.cid,
+            stateless_reset_token=entry.reset_token,
+        )
+        return replace(params, preferred_address=preferred)
 
     def remember_peer_params(self, params: TransportParameters) -> None:
         """RFC 9000 §7.4.1: a resuming client may open streams and send 0-RTT data within
@@ -363,6 +380,11 @@ class Connection:
                 )
             if params.stateless_reset_token is not None:
                 self.dest_cids.set_reset_token(params.stateless_reset_token)
+            if params.preferred_address is not None:
+                preferred = params.preferred_address
+                self.dest_cids.on_new_connection_id(
+                    1, 0, preferred.connection_id, preferred.stateless_reset_token
+                )
         self.peer_params = params
         # RFC 9287: once the peer said it accepts any QUIC bit, ours varies (Initials
         # excepted: their receiver may not have our parameters yet).
@@ -484,7 +506,7 @@ class Connection:
                 return
         if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
             self._on_stateless_reset(now)
-        elif moved and self._non_probing and self.handshake_confirmed:
+        elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
             self._on_peer_address_change(addr, len(data), now)
 
     def _on_stateless_reset(self, now: float) -> None:
@@ -855,9 +877,26 @@ class Connection:
         self.path_check = None
         if check.local:
             self.migrated_local = True  # the socket switches to the new local address
+        elif self.is_client and check.peer_addr != self.peer_addr:
+            self.peer_addr = check.peer_addr  # the server's preferred address
+            self.recovery.on_new_path()
         self.peer_address_validated = True
         self._notify(uapi.QUIC_EVENT_CONNECTION_MIGRATION, bytes((check.local,)))
         return True
+
+    def _probe_preferred_address(self, now: float) -> None:
+        """RFC 9000 §9.6.1: a client moves to the server's preferred address, of its own
+        family, once it has been validated, with the connection ID that came with it."""
+        peer = self.peer_params
+        preferred = peer.preferred_address if peer is not None else None
+        if preferred is None or peer.disable_active_migration:
+            return
+        addr = preferred.ipv6 if len(self.peer_addr) == 4 else preferred.ipv4
+        if addr is None or not self._use_new_dcid():
+            return
+        if len(self.peer_addr) == 4:
+            addr = (addr[0], addr[1], 0, 0)
+        self._start_path_check(addr, 0, None, now)
 
     def _on_peer_address_change(self, addr: tuple, size: int, now: float) -> None:
         """The peer moved (RFC 9000 §9.3): follow, but prove the address before sending
@@ -928,7 +967,7 @@ class Connection:
             if check.fallback is not None:
                 self.peer_addr = check.fallback  # RFC 9000 §9.3.2: back to the old path
                 self.peer_address_validated = True
-            elif check.local == 0:
+            elif check.local == 0 and check.peer_addr == self.peer_addr:
                 self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"path lost", False)
                 self.state = State.CLOSED
                 self._notify_close()
@@ -985,7 +1024,9 @@ class Connection:
                 FrameType.HANDSHAKE_DONE,
                 "client sent HANDSHAKE_DONE",
             )
-        self._confirm_handshake()
+        if not self.handshake_confirmed:
+            self._confirm_handshake()
+            self._probe_preferred_address(now)
         return True
 
     def _on_datagram(self, frame: Datagram, level: int, now: float) -> bool:

@@ -105,6 +105,10 @@ class QuicSocket:
         self._extra_routes: list[bytes] = []
         self._new_tunnel: Tunnel | None = None  # a local address being migrated to
         self._old_tunnels: list[Tunnel] = []
+        # Server: the preferred address's UDP endpoint, and whether the client uses it.
+        self._preferred_tunnel: Tunnel | None = None
+        self._preferred_path: _PreferredPath | None = None
+        self._via_preferred = False
         self._reset_routes: set[bytes] = set()
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
@@ -262,7 +266,7 @@ class QuicSocket:
     def _reset_route_add(self, token: bytes) -> None:
         self._reset_routes.add(token)
         for tunnel in self._tunnels():
-            tunnel.add_reset_route(token, self)
+            tunnel.add_reset_route(token, self._endpoint_for(tunnel))
 
     def _reset_route_remove(self, token: bytes) -> None:
         self._reset_routes.discard(token)
@@ -272,12 +276,19 @@ class QuicSocket:
     def _tunnels(self) -> list[Tunnel]:
         """Every UDP endpoint that routes to this socket: the one in use, one being
         migrated to, and those left by earlier migrations."""
-        extra = [self._new_tunnel] if self._new_tunnel else []
+        extra = [t for t in (self._new_tunnel, self._preferred_tunnel) if t is not None]
         return [self.tunnel, *extra, *self._old_tunnels]
+
+    def _endpoint_for(self, tunnel: Tunnel):
+        """What a tunnel routes this connection's packets to: the preferred address's
+        tunnel notes that the client uses it before handing them on."""
+        if tunnel is self._preferred_tunnel and self._preferred_path is not None:
+            return self._preferred_path
+        return self
 
     def _route_add(self, cid: bytes) -> None:
         for tunnel in self._tunnels():
-            tunnel.add_route(cid, self)
+            tunnel.add_route(cid, self._endpoint_for(tunnel))
 
     def _route_remove(self, cid: bytes) -> None:
         for tunnel in self._tunnels():
@@ -339,6 +350,11 @@ class QuicSocket:
         config = child._connection_config(is_client=False)
         config.version = header.version  # a server answers in the client's version first
         config.new_token = tunnel.tokens.new_token(addr)
+        if self._preferred_tunnel is not None:
+            config.preferred_address = self._preferred_tunnel.local_addr
+            child._preferred_tunnel = self._preferred_tunnel
+            child._preferred_path = _PreferredPath(child)
+            self._preferred_tunnel.users += 1
         retried = proof is not None and proof.kind == TokenType.RETRY
         child.conn = Connection(
             config,
@@ -379,13 +395,15 @@ class QuicSocket:
             if conn is None or self.tunnel is None:
                 return
             now = time.monotonic() if now is None else now
+            current = self._preferred_tunnel if self._via_preferred else self.tunnel
             while conn.probes_out:
                 datagram, addr, local = conn.probes_out.popleft()
-                tunnel = self._new_tunnel if local and self._new_tunnel else self.tunnel
+                tunnel = self._new_tunnel if local and self._new_tunnel else current
                 tunnel.sendto(datagram, addr)
             if conn.migrated_local:
                 self._switch_tunnel(conn)
-            sendto = self.tunnel.sendto
+                current = self.tunnel
+            sendto = current.sendto
             peer = conn.peer_addr
             for datagram in conn.datagrams_to_send(now):
                 sendto(datagram, peer)
@@ -400,9 +418,13 @@ class QuicSocket:
 
     def _set_connection_migration(self, value: bytes) -> None:
         """Established client: move to a new local address (port 0: any), probing it with
-        PATH_CHALLENGE first; the switch happens when the server answers."""
-        conn = self._check_alive()
+        PATH_CHALLENGE first; the switch happens when the server answers. A server
+        socket before any connection: offer this address as preferred_address."""
         addr = uapi.unpack_sockaddr(value)
+        if self.conn is None:
+            self._set_preferred_address(addr)
+            return
+        conn = self._check_alive()
         if not conn.is_client or conn.state != State.ESTABLISHED or self._new_tunnel:
             raise ValueError("only an established client migrates, once at a time")
         if (":" in addr[0]) != (self.family == _socket.AF_INET6):
@@ -417,6 +439,18 @@ class QuicSocket:
             put_tunnel(tunnel)
             raise ValueError("no spare connection ID, migration disabled, or handshake unconfirmed")
         self._new_tunnel = tunnel
+
+    def _set_preferred_address(self, addr: tuple) -> None:
+        """RFC 9000 §9.6: the connections accepted here offer ``addr`` to move to; it is
+        bound now, so that what the clients are told is an address that answers."""
+        if addr[0] in ("0.0.0.0", "::") or not addr[1]:
+            raise ValueError("a preferred address needs a specific address and port")
+        if self._preferred_tunnel is not None:
+            raise ValueError("the preferred address is already set")
+        try:
+            self._preferred_tunnel = get_tunnel(addr, CID_LENGTH)
+        except OSError as exc:
+            raise ValueError(f"cannot bind {addr}: {exc.strerror}") from None
 
     def _switch_tunnel(self, conn: Connection) -> None:
         """The new local path is validated: send from it; the old tunnel keeps our
@@ -1068,6 +1102,9 @@ class QuicSocket:
                 self.tunnel.remove_listener(self)
                 while self._accept_queue:
                     self._accept_queue.popleft().close()
+                if self._preferred_tunnel is not None:
+                    tunnel, self._preferred_tunnel = self._preferred_tunnel, None
+                    put_tunnel(tunnel)
             self.shutdown()
             self._cond.notify_all()
             conn = self.conn
@@ -1083,6 +1120,24 @@ class QuicSocket:
             self._ready_r = self._ready_w = -1
             os.close(ready_r)
             os.close(ready_w)
+
+
+class _PreferredPath:
+    """A server connection as its preferred address's tunnel sees it: packets arriving
+    there mean the client has moved to it, so replies leave from it too."""
+
+    def __init__(self, sock: QuicSocket) -> None:
+        self.sock = sock
+
+    def datagram_received(self, data: bytes, addr: tuple, now: float) -> None:
+        self.sock._via_preferred = True
+        self.sock.datagram_received(data, addr, now)
+
+    def flush(self, now: float) -> None:
+        self.sock.flush(now)
+
+    def timer_expired(self, now: float) -> None:
+        self.sock.timer_expired(now)
 
 
 def _datagram_room(conn: Connection) -> bool:

@@ -566,3 +566,38 @@ def test_resumption_and_zero_rtt(pki, server_thread, accept_early) -> None:
     assert results[1].early_data == accept_early
     for sock in (*children, first, second, srv):
         sock.close()
+
+
+def test_client_moves_to_the_servers_preferred_address(pki, server_thread) -> None:
+    """RFC 9000 §9.6: the listener offers a second address; after the handshake the
+    client validates it and carries on there, data intact."""
+    srv = listener()
+    spare = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spare.bind(("127.0.0.1", 0))
+    preferred = spare.getsockname()
+    spare.close()  # a free port for the preferred address
+    srv.setsockopt(
+        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, uapi.pack_sockaddr(preferred)
+    )
+    children: list[QuicSocket] = []
+
+    def serve() -> None:
+        child = accept(srv, pki)
+        children.append(child)
+        for sid, data in read_streams(child, 1):
+            quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    for _ in range(200):  # HANDSHAKE_DONE, then the PATH_CHALLENGE's answer
+        if cli.conn.peer_addr == preferred:
+            break
+        time.sleep(0.01)
+    assert cli.conn.peer_addr == preferred
+    data = os.urandom(1 << 20)
+    quic_sendmsg(cli, data, 0, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    assert read_stream(cli)[1] == hashlib.sha256(data).digest()
+    server.join()
+    assert children[0]._via_preferred
+    for sock in (*children, cli, srv):
+        sock.close()
