@@ -975,9 +975,10 @@ class Connection:
             self._send_challenge(now)
 
     def _probe(self, frames: list, now: float) -> bytes:
-        """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1). Its
-        number is taken from the application space but it is not tracked for loss:
-        PATH_CHALLENGE and PATH_RESPONSE are never retransmitted as such."""
+        """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1). It
+        is recorded as sent but neither in flight nor to be retransmitted: PATH_CHALLENGE
+        and PATH_RESPONSE are never resent as such, and the other path has its own
+        congestion state."""
         parts = []
         for frame in frames:
             buf = bytearray()
@@ -999,6 +1000,8 @@ class Connection:
             parts.append(bytes(pad))
         datagram = self._seal(APP, parts, sent)
         space.take_pn()
+        sent.sent_bytes = len(datagram)
+        self.recovery.on_packet_sent(sent)  # so the peer's ACK of it is one we expect
         return datagram
 
     def _on_new_token(self, frame: NewToken, level: int, now: float) -> bool:

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from functools import partial
 
-from . import uapi
+from . import netwatch, uapi
 from .alpn import split_alpns
 from .connection import (
     MAX_QUEUED_DATAGRAMS,
@@ -236,6 +236,8 @@ class QuicSocket:
                 on_reset_token=self._reset_route_add,
                 on_reset_token_gone=self._reset_route_remove,
             )
+            if not netwatch.is_wildcard(self.tunnel.local_addr[0]):
+                netwatch.watch(self.tunnel.local_addr[0], self)
             if self.remote_params is not None:
                 self.conn.remember_peer_params(
                     params_from_uapi(self.remote_params, TransportParameters())
@@ -455,9 +457,26 @@ class QuicSocket:
     def _switch_tunnel(self, conn: Connection) -> None:
         """The new local path is validated: send from it; the old tunnel keeps our
         routes until the connection ends, for packets still in flight to it."""
+        netwatch.unwatch(self.tunnel.local_addr[0], self)
         self._old_tunnels.append(self.tunnel)
         self.tunnel, self._new_tunnel = self._new_tunnel, None
         conn.on_local_migration()
+        if not netwatch.is_wildcard(self.tunnel.local_addr[0]):
+            netwatch.watch(self.tunnel.local_addr[0], self)
+
+    def local_address_gone(self, replacement: str | None) -> None:
+        """The address this client sends from was removed from the machine: migrate
+        (called from the address watcher's thread)."""
+        with self._lock:
+            conn = self.conn
+            if conn is None or conn.state != State.ESTABLISHED or replacement is None:
+                return
+            try:
+                self._set_connection_migration(uapi.pack_sockaddr((replacement, 0)))
+            except ValueError as exc:
+                log.info("cannot migrate away from a removed address: %s", exc)
+                return
+            self.flush()
 
     def _add_routes(self, tunnel: Tunnel) -> None:
         for entry in self.conn.source_cids.ids.values():
@@ -495,6 +514,7 @@ class QuicSocket:
             put_tunnel(tunnel)
         self._new_tunnel = None
         self._old_tunnels.clear()
+        netwatch.unwatch(self.tunnel.local_addr[0], self)
         if self._released and self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             put_tunnel(tunnel)

@@ -792,3 +792,20 @@ def test_an_unvalidated_new_address_gets_at_most_three_times_what_it_sent() -> N
     server.receive_datagram(datagram, ("192.0.2.9", 5555), pair.now)
     sent = sum(map(len, server.datagrams_to_send(pair.now)))
     assert sent <= 3 * len(datagram)
+
+
+def test_the_ack_of_a_path_probe_is_expected() -> None:
+    """A PATH_RESPONSE sent on another path takes a packet number; the peer's ACK of it
+    must not look like the ACK of a packet never sent."""
+    from quic.frame import PathChallenge
+
+    pair = Pair()
+    pair.handshake()
+    server, client = pair.server, pair.client
+    server._packet_addr = ("192.0.2.9", 5555)
+    server._on_path_challenge(PathChallenge(b"abcdefgh"), APP, pair.now)
+    probe, _, _ = server.probes_out.popleft()
+    client.receive_datagram(probe, SERVER_ADDR, pair.now)
+    pair.run_until(lambda: not client.spaces[2].ack_eliciting_unacked, limit=200)
+    pair.exchange(20)
+    assert server.state == State.ESTABLISHED
