@@ -2,9 +2,9 @@
 QUIC interop runner's conventions: the client sends ``GET /path\\r\\n`` on a new
 bidirectional stream with FIN; the server answers with the file and FIN.
 
-    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE
+    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE [--plpmtud]
     kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--version 1|2]
-                         [--cipher aes128gcm|aes256gcm|chacha20] [--key-update]
+                         [--cipher aes128gcm|aes256gcm|chacha20] [--key-update] [--plpmtud]
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
-from kquic_tools.common import family_of, serve_forever, split_hostport
+from kquic_tools.common import (
+    add_plpmtud_flag,
+    enable_plpmtud,
+    family_of,
+    serve_forever,
+    split_hostport,
+)
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
@@ -73,7 +79,12 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 def run_server(args: argparse.Namespace) -> int:
     args.root = Path(args.root).resolve()
     return serve_forever(
-        args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog, args.retry
+        args.listen,
+        ALPN,
+        lambda conn: serve_connection(conn, args),
+        args.qlog,
+        args.retry,
+        args.plpmtud,
     )
 
 
@@ -95,6 +106,8 @@ def run_client(args: argparse.Namespace) -> int:
     if args.version == 2:
         config = uapi.QuicConfig(version=uapi.QUIC_VERSION_V2)
         sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
+    if args.plpmtud:
+        enable_plpmtud(sock)
     try:
         sock.connect((first.hostname, first.port))
         quic_client_handshake(
@@ -138,12 +151,26 @@ def run_client(args: argparse.Namespace) -> int:
                 update_due = not start_key_update(sock)
             if flags & uapi.MSG_QUIC_STREAM_FIN:
                 (out / names.pop(sid)).write_bytes(bodies.pop(sid))
+        log_datagram_size(sock)
     except (OSError, HandshakeError) as exc:
         print(f"kquic-interop: {exc}", file=sys.stderr)
         return 1
     finally:
         sock.close()
     return 0
+
+
+def log_datagram_size(sock: QuicSocket) -> None:
+    """What PLPMTUD reached, against what the peer said it accepts."""
+    remote = uapi.QuicTransportParam(remote=1).pack()
+    peer = uapi.QuicTransportParam.unpack(
+        sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, remote)
+    )
+    log.info(
+        "max_datagram_size %d, peer max_udp_payload_size %d",
+        sock.conn.max_datagram_size,
+        peer.max_udp_payload_size,
+    )
 
 
 def start_key_update(sock: QuicSocket) -> bool:
@@ -181,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--timeout", type=float, default=30.0)
     for sub_parser in (server, client):
         sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
+        add_plpmtud_flag(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     wanted = [name for name in NOT_YET if getattr(args, name, False)]
