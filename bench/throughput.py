@@ -67,9 +67,12 @@ def main() -> None:
         rows.append({"direction": "upload" if direction == "send" else "download", **figures})
     print(f"{args.size / 1e6:.0f} MB on one stream, median of {args.runs}")
     labels = [label for label, _, _ in columns]
-    print(f"{'direction':<10}" + "".join(f" {label + ' MB/s':>19}" for label in labels))
+    header = "".join(f" {label + ' MB/s':>19}" for label in labels)
+    print(f"{'direction':<10}{header} {'kquic/aioquic':>14}")
     for row in rows:
-        print(f"{row['direction']:<10}" + "".join(f" {row[lb]['MBps']:>19.1f}" for lb in labels))
+        figures = "".join(f" {row[lb]['MBps']:>19.1f}" for lb in labels)
+        ratio = row["kquic"]["MBps"] / row["aioquic"]["MBps"]
+        print(f"{row['direction']:<10}{figures} {ratio:>14.2f}")
     handshakes = "".join(f" {rows[0][lb]['handshake_ms']:>16.1f} ms" for lb in labels)
     print(f"{'handshake':<10}{handshakes}")
     if args.plpmtud:
