@@ -8,7 +8,12 @@ import threading
 from collections.abc import Callable
 
 from quic import uapi
+from quic.path import PROBE_TIMER
 from quic.socket import QuicSocket
+
+# --plpmtud's probe interval (µs): RFC 8899's recommended PROBE_TIMER. Probes lost on
+# a busy path are found sooner by loss detection; the timer only bounds the wait.
+PLPMTUD_PROBE_INTERVAL = int(PROBE_TIMER * 1_000_000)
 
 
 def split_hostport(value: str) -> tuple[str, int]:
@@ -22,16 +27,32 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def add_plpmtud_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plpmtud",
+        action="store_true",
+        help="discover the path MTU (RFC 8899) instead of keeping 1200-byte datagrams",
+    )
+
+
+def enable_plpmtud(sock: QuicSocket) -> None:
+    """QUIC_SOCKOPT_CONFIG's plpmtud_probe_interval, which is 0 (off) by default."""
+    config = uapi.QuicConfig(plpmtud_probe_interval=PLPMTUD_PROBE_INTERVAL)
+    sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
+
+
 def serve_forever(
     listen: tuple[str, int],
     alpn: str,
     handle: Callable[[QuicSocket], None],
     qlog: str | None = None,
     retry: bool = False,
+    plpmtud: bool = False,
 ) -> int:
     """Listen on ``listen`` for ``alpn``, print ``ready PORT`` (scripts and tests wait for
     it), and run ``handle`` for each accepted connection in its own thread. With
-    ``retry`` every client must first prove its address with a Retry token."""
+    ``retry`` every client must first prove its address with a Retry token; with
+    ``plpmtud`` connections discover the path MTU."""
     host, port = listen
     srv = QuicSocket(family_of(host))
     if qlog:
@@ -40,6 +61,8 @@ def serve_forever(
     if retry:
         config = uapi.QuicConfig(validate_peer_address=1)
         srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
+    if plpmtud:
+        enable_plpmtud(srv)
     srv.bind((host, port))
     srv.listen()
     print(f"ready {srv.getsockname()[1]}", flush=True)

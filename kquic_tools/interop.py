@@ -2,10 +2,10 @@
 QUIC interop runner's conventions: the client sends ``GET /path\\r\\n`` on a new
 bidirectional stream with FIN; the server answers with the file and FIN.
 
-    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE
+    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE [--plpmtud]
     kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--version 1|2]
                          [--cipher aes128gcm|aes256gcm|chacha20] [--key-update]
-                         [--resume | --zero-rtt] [--migrate]
+                         [--resume | --zero-rtt] [--migrate] [--plpmtud]
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
-from kquic_tools.common import family_of, serve_forever, split_hostport
+from kquic_tools.common import (
+    add_plpmtud_flag,
+    enable_plpmtud,
+    family_of,
+    serve_forever,
+    split_hostport,
+)
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
@@ -75,7 +81,12 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 def run_server(args: argparse.Namespace) -> int:
     args.root = Path(args.root).resolve()
     return serve_forever(
-        args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog, args.retry
+        args.listen,
+        ALPN,
+        lambda conn: serve_connection(conn, args),
+        args.qlog,
+        args.retry,
+        args.plpmtud,
     )
 
 
@@ -123,6 +134,8 @@ def fetch_batch(
         sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, resume[0])
         if early:
             sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, resume[1])
+    if args.plpmtud:
+        enable_plpmtud(sock)
     try:
         sock.connect((first.hostname, first.port))
         names = send_requests(sock, urls) if early else {}
@@ -143,6 +156,7 @@ def fetch_batch(
             print(f"resumed: {result.resumed}, 0-RTT accepted: {result.early_data}", flush=True)
         names = names or send_requests(sock, urls)
         read_responses(args, sock, names, out)
+        log_datagram_size(sock)
         if not result.session_data:
             return None
         remote = uapi.QuicTransportParam(remote=1).pack()
@@ -196,6 +210,19 @@ def read_responses(
             (out / names.pop(sid)).write_bytes(bodies.pop(sid))
 
 
+def log_datagram_size(sock: QuicSocket) -> None:
+    """What PLPMTUD reached, against what the peer said it accepts."""
+    remote = uapi.QuicTransportParam(remote=1).pack()
+    peer = uapi.QuicTransportParam.unpack(
+        sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, remote)
+    )
+    log.info(
+        "max_datagram_size %d, peer max_udp_payload_size %d",
+        sock.conn.max_datagram_size,
+        peer.max_udp_payload_size,
+    )
+
+
 def start_key_update(sock: QuicSocket) -> bool:
     """Mid-transfer, as the interop runner's keyupdate case asks; False while the
     handshake is not yet confirmed, to be tried again with the next data."""
@@ -246,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--timeout", type=float, default=30.0)
     for sub_parser in (server, client):
         sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
+        add_plpmtud_flag(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     for path in ("cert", "key", "ca"):

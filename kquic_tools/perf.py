@@ -1,12 +1,13 @@
 """kquic-perf: bulk transfer measurement over one or more streams.
 
-    kquic-perf server --listen HOST:PORT --cert FILE --key FILE
+    kquic-perf server --listen HOST:PORT --cert FILE --key FILE [--plpmtud]
     kquic-perf client HOST:PORT (--send SIZE | --recv SIZE) [--streams N] [--insecure | --ca FILE]
+                      [--plpmtud]
 
 Protocol (ALPN "perf"): on each stream the client sends 8 bytes, the big-endian size it
 wants back (0 for an upload), then its upload, then FIN; the server answers with that
 many bytes and FIN. The client prints one JSON line: bytes, seconds, MB/s, handshake ms,
-CPU seconds.
+CPU seconds, and the datagram size the connection ended with.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import threading
 import time
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
-from kquic_tools.common import family_of, serve_forever, split_hostport
+from kquic_tools.common import (
+    add_plpmtud_flag,
+    enable_plpmtud,
+    family_of,
+    serve_forever,
+    split_hostport,
+)
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
@@ -68,7 +75,13 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    return serve_forever(args.listen, ALPN, lambda conn: serve_connection(conn, args), args.qlog)
+    return serve_forever(
+        args.listen,
+        ALPN,
+        lambda conn: serve_connection(conn, args),
+        args.qlog,
+        plpmtud=args.plpmtud,
+    )
 
 
 def one_stream(sock: QuicSocket, sid: int, upload: int, download: int) -> None:
@@ -82,6 +95,8 @@ def run_client(args: argparse.Namespace) -> int:
     sock.settimeout(60)
     if args.qlog:
         sock.qlog_dir = args.qlog
+    if args.plpmtud:
+        enable_plpmtud(sock)
     cpu0, t0 = time.process_time(), time.monotonic()
     try:
         sock.connect((host, port))
@@ -118,6 +133,7 @@ def run_client(args: argparse.Namespace) -> int:
         for writer in writers:
             writer.join(60)
         seconds = time.monotonic() - start
+        datagram_size = sock.conn.max_datagram_size
     except (OSError, HandshakeError) as exc:
         print(f"kquic-perf: {exc}", file=sys.stderr)
         return 1
@@ -134,6 +150,7 @@ def run_client(args: argparse.Namespace) -> int:
                 "handshake_ms": round(handshake * 1000, 2),
                 "cpu_seconds": round(time.process_time() - cpu0, 3),
                 "streams": args.streams,
+                "max_datagram_size": datagram_size,
             }
         ),
         flush=True,
@@ -160,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--server-name")
     for sub_parser in (server, client):
         sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
+        add_plpmtud_flag(sub_parser)
     args = parser.parse_args(argv)
     if args.role == "client" and args.streams < 1:
         parser.error("--streams must be at least 1")

@@ -347,6 +347,14 @@ class Pacer:
         self._last = -math.inf
         self._rate = kPacingFactor * kInitialWindow(max_datagram_size) / kInitialRtt
 
+    def set_max_datagram_size(self, size: int) -> None:
+        """Follow a PLPMTUD change: the bucket must hold a full datagram, or none
+        would ever leave."""
+        self.max_datagram_size = size
+        self.burst = kInitialWindow(size)
+        if self._tokens > self.burst:
+            self._tokens = float(self.burst)
+
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         self._rate = kPacingFactor * congestion_window / max(smoothed_rtt, _MIN_PACING_RTT)
 

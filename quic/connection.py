@@ -68,6 +68,7 @@ from .packet import (
     packet_number_length,
     verify_retry,
 )
+from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, SearchState
 from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
 from .stream import CryptoStream, FlowController, StreamLimitError, StreamManager
@@ -89,6 +90,10 @@ MAX_BUFFERED_PACKETS = 16
 MAX_DATAGRAMS_PER_FLUSH = 64
 # DATAGRAM frames queued each way (RFC 9221 §5: they may be dropped, never block).
 MAX_QUEUED_DATAGRAMS = 256
+# Consecutive PTOs that make full-sized packets suspect of a PMTU black hole: as many as
+# the lost probes that condemn a probe size (RFC 8899 §4.3). A PTO probe carries data at
+# full size when there is some, so in a black hole nothing at all comes back.
+BLACK_HOLE_PTO_COUNT = MAX_PROBES
 
 INITIAL, HANDSHAKE, APP, EARLY = (
     uapi.QUIC_CRYPTO_INITIAL,
@@ -137,6 +142,11 @@ class ConnectionConfig:
     new_token: bytes = b""  # server: sent in NEW_TOKEN once the handshake completes
     preferred_address: tuple | None = None  # server: offered in preferred_address
     event_mask: int = 0  # bit N set: lxin event type N is reported
+    # PLPMTUD (RFC 8899): PROBE_TIMER in seconds, 0 to keep max_datagram_size; and the
+    # largest UDP payload the path may carry as far as the host knows (its MAX_PLPMTU
+    # before the transport parameters cut it).
+    plpmtud_probe_interval: float = 0.0
+    max_plpmtu: int = MAX_UDP_PAYLOAD_IPV6
 
 
 # RFC 9000 §9.1: frames that probe a path without moving the connection onto it.
@@ -145,6 +155,7 @@ PROBING_FRAMES = (PathChallenge, PathResponse, NewConnectionId)
 # Records kept in SentPacket.frames, telling what to do when a packet is acked or lost.
 REC_ACK, REC_CRYPTO, REC_STREAM, REC_CONTROL, REC_HANDSHAKE_DONE = range(5)
 REC_MAX_DATA, REC_MAX_STREAM_DATA, REC_MAX_STREAMS, REC_DATAGRAM, REC_PING = range(5, 10)
+REC_PMTU_PROBE = 10
 
 
 @dataclass(slots=True)
@@ -227,6 +238,10 @@ class Connection:
         self.recovery.peer_completed_address_validation = not self.is_client
         self.max_datagram_size = config.max_datagram_size
         self.pacer = Pacer(config.max_datagram_size)
+        # None unless enabled: the per-packet paths then test nothing for it.
+        self.plpmtud = (
+            PlpmtuSearch(config.plpmtud_probe_interval) if config.plpmtud_probe_interval else None
+        )
         self.pacing_deadline: float | None = None
         self.local_params = config.local_params
         self.peer_params: TransportParameters | None = None
@@ -450,6 +465,27 @@ class Connection:
         self.handshake_confirmed = True
         self.recovery.handshake_confirmed = True
         self._discard_level(HANDSHAKE)
+        if self.plpmtud is not None:
+            self._start_plpmtud()
+
+    def _start_plpmtud(self) -> None:
+        """RFC 9000 §14.3: the path is validated and BASE_PLPMTU proven by the handshake;
+        search up to what both ends accept (max_udp_payload_size, RFC 9000 §18.2: ours
+        too, taking the path as symmetric) and the host's limit for the path."""
+        bound = min(self.local_params.max_udp_payload_size, self.config.max_plpmtu)
+        if self.peer_params is not None:
+            bound = min(bound, self.peer_params.max_udp_payload_size)
+        self.plpmtud.start(bound)
+
+    def _restart_plpmtud(self) -> None:
+        """A new path may not carry what the old one did (RFC 8899 §4.3): back to
+        BASE_PLPMTU, then search again."""
+        if self.plpmtud is None:
+            return
+        self.plpmtud = PlpmtuSearch(self.config.plpmtud_probe_interval)
+        if self.max_datagram_size != BASE_PLPMTU:
+            self._set_max_datagram_size(BASE_PLPMTU)
+        self._start_plpmtud()
 
     def _discard_level(self, level: int) -> None:
         if self.send_keys[level] is None and self.recv_keys[level] is None:
@@ -880,6 +916,7 @@ class Connection:
         elif self.is_client and check.peer_addr != self.peer_addr:
             self.peer_addr = check.peer_addr  # the server's preferred address
             self.recovery.on_new_path()
+            self._restart_plpmtud()
         self.peer_address_validated = True
         self._notify(uapi.QUIC_EVENT_CONNECTION_MIGRATION, bytes((check.local,)))
         return True
@@ -907,6 +944,7 @@ class Connection:
         self.peer_addr = addr
         if not same_host(old, addr):
             self.recovery.on_new_path()
+            self._restart_plpmtud()
         self._use_new_dcid()
         fallback = old if self.path_check is None else self.path_check.fallback
         self._start_path_check(addr, 0, fallback, now)
@@ -934,6 +972,7 @@ class Connection:
         """The socket now sends from the new local address: a new path (RFC 9000 §9.4)."""
         self.migrated_local = False
         self.recovery.on_new_path()
+        self._restart_plpmtud()
 
     def _use_new_dcid(self) -> bool:
         """RFC 9000 §9.5: a new path gets a connection ID never used on another."""
@@ -1091,6 +1130,8 @@ class Connection:
             self.spaces[rec[1]].on_ack_of_ack(rec[2])
         elif kind == REC_CRYPTO:
             self.crypto[rec[1]].on_acked(rec[2], rec[3])
+        elif kind == REC_PMTU_PROBE and self.plpmtud.on_probe_acked(rec[1]):
+            self._set_max_datagram_size(self.plpmtud.plpmtu)
 
     def _record_lost(self, rec: tuple) -> None:
         kind = rec[0]
@@ -1111,6 +1152,10 @@ class Connection:
             rec[1].recv.window_update_lost()
         elif kind == REC_MAX_STREAMS:
             self.pending_max_streams[rec[1]] = True
+        elif kind == REC_PMTU_PROBE:
+            # Never resent: a probe carries nothing but its size, which the search
+            # tries again or gives up on.
+            self.plpmtud.on_probe_lost(rec[1])
 
     # ------------------------------------------------------------------
     # sending
@@ -1123,12 +1168,64 @@ class Connection:
         if self.state != State.ESTABLISHING and self.state != State.ESTABLISHED:
             return []
         out = []
+        if self.plpmtud is not None and self.plpmtud.probe_pending:
+            out.append(self._build_pmtu_probe(now))
         while len(out) < MAX_DATAGRAMS_PER_FLUSH:
             datagram = self._build_datagram(now)
             if datagram is None:
                 break
             out.append(datagram)
         return out
+
+    def _build_pmtu_probe(self, now: float) -> bytes:
+        """A PING padded to the probed size (RFC 9000 §14.4), alone in its datagram.
+
+        It goes out whatever room the congestion window has: it carries no data, the
+        search keeps only one outstanding, so probes are at least an RTT apart as RFC
+        8899 §3 asks of probes congestion control does not hold back, and a window too
+        small for a large probe would otherwise keep an idle or slow connection at its
+        current size for good. It still counts in flight while outstanding, so data
+        makes room for it, and its loss is not congestion (RFC 9002 §3).
+        """
+        search = self.plpmtud
+        size = search.probed_size
+        space = self.spaces[PacketNumberSpace.APPLICATION]
+        pn = space.next_pn
+        pn_len = packet_number_length(pn, space.largest_acked)
+        padding = size - self._header_size(APP, pn_len) - AEAD_TAG_SIZE - 1
+        sent = SentPacket(
+            packet_number=pn,
+            space=PacketNumberSpace.APPLICATION,
+            time_sent=now,
+            sent_bytes=size,
+            is_pmtu_probe=True,
+            frames=[(REC_PMTU_PROBE, size)],
+        )
+        datagram = self._seal(APP, [b"\x01", bytes(padding)], sent)
+        space.take_pn()
+        self.recovery.on_packet_sent(sent)
+        self.pacer.on_sent(size, now)
+        search.on_probe_sent(now)
+        self.bytes_sent += size
+        if self.trace is not None:
+            self.trace("transport:packet_sent", _sent_event(PacketType.ONE_RTT, sent))
+        return datagram
+
+    def _set_max_datagram_size(self, size: int) -> None:
+        """Packets are built up to ``size`` from now on; congestion control and pacing
+        count in it. DATAGRAM frames queued for a larger size no longer fit any packet
+        and are dropped, as RFC 9221 §5 allows."""
+        old = self.max_datagram_size
+        self.max_datagram_size = size
+        self.recovery.cc.set_max_datagram_size(size)
+        self.pacer.set_max_datagram_size(size)
+        if size < old and self.datagrams_out:
+            room = size - self._header_size(APP, 4) - AEAD_TAG_SIZE
+            kept = [d for d in self.datagrams_out if datagram_frame_size(len(d)) <= room]
+            self.datagrams_out = deque(kept)
+        if self.trace is not None:
+            done = self.plpmtud.state == SearchState.SEARCH_COMPLETE
+            self.trace("connectivity:mtu_updated", {"old": old, "new": size, "done": done})
 
     def _send_budget(self) -> int:
         """Bytes the next datagram may take: the path MTU, cut by the 3x anti-amplification
@@ -1495,6 +1592,8 @@ class Connection:
         loss = self.recovery.loss_detection_deadline()
         if loss is not None:
             deadlines.append(loss)
+        if self.plpmtud is not None and self.plpmtud.deadline is not None:
+            deadlines.append(self.plpmtud.deadline)
         for level in (INITIAL, HANDSHAKE, APP):
             if self.send_keys[level] is None:
                 continue
@@ -1531,6 +1630,17 @@ class Connection:
                 self._trace_recovery(action.lost)
             if action.probe_space is not None:
                 self._send_probe(action.probe_space, action.probe_count)
+                if self.plpmtud is not None:
+                    self._check_black_hole()
+        if self.plpmtud is not None:
+            self.plpmtud.on_timer(now)
+
+    def _check_black_hole(self) -> None:
+        """RFC 8899 §4.3: after BLACK_HOLE_PTO_COUNT PTOs in a row, fall back to
+        BASE_PLPMTU; PTO probes and retransmissions then go out small."""
+        if self.recovery.pto_count >= BLACK_HOLE_PTO_COUNT and self.plpmtud.on_black_hole():
+            log.info("PLPMTUD: black hole at %d bytes", self.max_datagram_size)
+            self._set_max_datagram_size(BASE_PLPMTU)
 
     def _send_probe(self, space_id: int, count: int) -> None:
         """A PTO fired (RFC 9002 §6.2.4): resend unacknowledged handshake data, or make sure
@@ -1756,6 +1866,7 @@ _QLOG_RECORD = {
     REC_MAX_STREAMS: "max_streams",
     REC_DATAGRAM: "datagram",
     REC_PING: "ping",
+    REC_PMTU_PROBE: "ping",
 }
 
 

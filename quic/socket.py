@@ -39,6 +39,7 @@ from .connection import (
 )
 from .errors import QuicError, TransportError
 from .packet import encode_retry, parse_header
+from .path import MAX_UDP_PAYLOAD_IPV6
 from .qlog import QlogWriter
 from .stream import StreamLimitError, StreamStateError
 from .token import TokenError, TokenType, ValidatedToken
@@ -49,6 +50,7 @@ from .transport_params import (
     params_to_uapi,
 )
 from .tunnel import Tunnel, get_tunnel, put_tunnel
+from .udp_mtu import route_max_udp_payload
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ CID_LENGTH = 8
 DEFAULT_BACKLOG = 128
 # Longest a blocking close() waits for sent stream data to be acknowledged.
 LINGER = 10.0
+# lxin/quic's smallest plpmtud_probe_interval (µs): probes are not meant to be frequent.
+QUIC_MIN_PROBE_TIMEOUT = 5_000_000
 
 AncData = list[tuple[int, int, bytes]]
 
@@ -226,7 +230,7 @@ class QuicSocket:
             if self.family == _socket.AF_INET6 and len(peer) == 2:
                 peer = (peer[0], peer[1], 0, 0)
             self.conn = Connection(
-                self._connection_config(is_client=True),
+                self._connection_config(is_client=True, peer=peer),
                 dcid=os.urandom(CID_LENGTH),
                 scid=os.urandom(CID_LENGTH),
                 peer_addr=peer,
@@ -250,8 +254,17 @@ class QuicSocket:
             self._qlog = QlogWriter(self.qlog_dir, self.conn.original_dcid, self.conn.is_client)
             self.conn.trace = self._qlog
 
-    def _connection_config(self, is_client: bool) -> ConnectionConfig:
+    def _connection_config(self, is_client: bool, peer: tuple) -> ConnectionConfig:
+        """The connection's settings from the socket's.
+
+        PLPMTUD stays off unless ``plpmtud_probe_interval`` is set, as in lxin/quic:
+        0 is that field's documented default, a program written for the kernel reads it
+        back unchanged, and its datagrams stay at 1200 bytes, the one size every QUIC
+        path must carry. With an interval, the search is bounded by the route MTU
+        toward ``peer`` (65536 on loopback).
+        """
         cfg = self.config
+        interval = cfg.plpmtud_probe_interval / 1e6
         return ConnectionConfig(
             is_client=is_client,
             version=cfg.version or uapi.QUIC_VERSION_V1,
@@ -263,6 +276,9 @@ class QuicSocket:
             reset_key=self.tunnel.reset_key,
             event_mask=self.event_mask,
             compatible_versions=self.compatible_versions,
+            plpmtud_probe_interval=interval,
+            # One look at the route when PLPMTUD will use it, none otherwise.
+            max_plpmtu=route_max_udp_payload(peer) if interval else MAX_UDP_PAYLOAD_IPV6,
         )
 
     def _reset_route_add(self, token: bytes) -> None:
@@ -349,7 +365,7 @@ class QuicSocket:
         child.event_mask = self.event_mask
         child.session_ticket = self.session_ticket
         child.qlog_dir = self.qlog_dir
-        config = child._connection_config(is_client=False)
+        config = child._connection_config(is_client=False, peer=addr)
         config.version = header.version  # a server answers in the client's version first
         config.new_token = tunnel.tokens.new_token(addr)
         if self._preferred_tunnel is not None:
@@ -984,6 +1000,8 @@ class QuicSocket:
             raise ValueError("unknown congestion control algorithm")
         if rec.initial_smoothed_rtt and not 1000 <= rec.initial_smoothed_rtt <= 6_000_000:
             raise ValueError("initial_smoothed_rtt out of range")
+        if rec.plpmtud_probe_interval and rec.plpmtud_probe_interval < QUIC_MIN_PROBE_TIMEOUT:
+            raise ValueError("plpmtud_probe_interval below the minimum")
         merged = uapi.QuicConfig(
             *[
                 new or old

@@ -33,6 +33,7 @@ from .packet import (
     parse_header,
 )
 from .token import TokenAuthority
+from .udp_mtu import forbid_fragmentation
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Tunnel:
                 pass
         if family == socket.AF_INET6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        forbid_fragmentation(self.sock, family)  # RFC 9000 §14
         self.sock.bind(local_addr)
         self.sock.setblocking(False)
         self.family = family

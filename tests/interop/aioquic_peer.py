@@ -3,6 +3,7 @@
 Runs in its own process so that it shares nothing with kquic but the network:
 
     python -m tests.interop.aioquic_peer server --port P --root DIR --cert C --key K
+                                         [--max-udp-payload-size N]
     python -m tests.interop.aioquic_peer client https://127.0.0.1:P/file ... --output DIR
     python -m tests.interop.aioquic_peer perf-server --port P --cert C --key K
     python -m tests.interop.aioquic_peer perf-client --port P (--send N | --recv N)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import ssl
 import sys
@@ -28,6 +30,7 @@ from urllib.parse import urlparse
 
 from aioquic import tls
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.quic import connection as aioquic_connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import DatagramFrameReceived, StreamDataReceived
 from aioquic.quic.packet import QuicProtocolVersion
@@ -133,7 +136,17 @@ async def datagram_client(args: argparse.Namespace) -> int:
     return 0 if wanted <= proto.echoed else 1
 
 
+def advertise_max_udp_payload_size(size: int) -> None:
+    """aioquic has no setting for this transport parameter and sends none (65527 by
+    default): fill it in where aioquic builds its own parameters."""
+    aioquic_connection.QuicTransportParameters = functools.partial(
+        aioquic_connection.QuicTransportParameters, max_udp_payload_size=size
+    )
+
+
 async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
+    if args.max_udp_payload_size:
+        advertise_max_udp_payload_size(args.max_udp_payload_size)
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[alpn], max_datagram_frame_size=65536
     )
@@ -299,6 +312,7 @@ def main() -> int:
         p.add_argument("--cert", required=True)
         p.add_argument("--key", required=True)
         p.add_argument("--retry", action="store_true")
+        p.add_argument("--max-udp-payload-size", type=int, default=0)
     c = sub.add_parser("client")
     c.add_argument("urls", nargs="+")
     c.add_argument("--output", required=True)
