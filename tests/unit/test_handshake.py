@@ -476,6 +476,24 @@ def test_early_data_on_resumed_session(pki: Pki) -> None:
     assert pair.csock.secrets[(1, early)].type == cres.cipher
 
 
+def test_replayed_client_hello_gets_no_early_data(pki: Pki) -> None:
+    """RFC 9001 §9.2: a ClientHello with early data, replayed to the server, must not get
+    its 0-RTT accepted again (GnuTLS anti-replay): no early receive key is installed,
+    and without the real client the handshake goes no further."""
+    key = gnutls.generate_ticket_key()
+    c, s = x509_params(pki, receive_ticket=5, early_data=True, srv_ticket_key=key)
+    s = replace(s, early_data=True)
+    first, _ = run_pair(c, s).ok()
+    pair = run_pair(replace(c, session_data=first.session_data), s)
+    assert pair.ok()[1].early_data
+    hello = next(data for level, data, _ in pair.csock.sent if level == uapi.QUIC_CRYPTO_INITIAL)
+    _, victim = socket_pair()  # the victim server; the other end is never read
+    victim.inbox.put((uapi.QUIC_CRYPTO_INITIAL, hello))
+    with pytest.raises((TimeoutError, HandshakeError)):
+        quic_handshake(victim, replace(s, timeout=0.5))
+    assert (0, uapi.QUIC_CRYPTO_EARLY) not in victim.secrets
+
+
 def test_no_ticket_within_wait(pki: Pki) -> None:
     c, s = x509_params(pki, receive_ticket=0.3, srv_send_ticket=False)
     cres, _ = run_pair(c, s).ok()
