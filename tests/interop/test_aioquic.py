@@ -8,8 +8,10 @@ import pytest
 from tests.interop.conftest import (
     FILES,
     LossyRelay,
+    aioquic_client,
     aioquic_server,
     check_files,
+    kquic_client,
     kquic_server,
     python,
     run,
@@ -19,38 +21,14 @@ from tests.interop.conftest import (
 
 def test_aioquic_client_against_kquic_server(pki, www, tmp_path, start_server) -> None:
     server = start_server(kquic_server(pki, www))
-    result = run(
-        python(
-            "-m",
-            "tests.interop.aioquic_peer",
-            "client",
-            *urls(server.port, FILES),
-            "--output",
-            str(tmp_path),
-            "--ca",
-            str(pki.ca),
-        )
-    )
+    result = run(aioquic_client(server.port, FILES, tmp_path, pki))
     assert result.returncode == 0, result.stderr[-3000:]
     check_files(www, tmp_path, FILES)
 
 
 def test_kquic_client_against_aioquic_server(pki, www, tmp_path, start_server) -> None:
     server = start_server(aioquic_server(pki, www))
-    result = run(
-        python(
-            "-m",
-            "kquic_tools.interop",
-            "client",
-            *urls(server.port, FILES),
-            "--output",
-            str(tmp_path),
-            "--ca",
-            str(pki.ca),
-            "--server-name",
-            "server.test",
-        )
-    )
+    result = run(kquic_client(server.port, FILES, tmp_path, pki))
     assert result.returncode == 0, result.stderr[-3000:]
     check_files(www, tmp_path, FILES)
 
@@ -85,31 +63,8 @@ def test_lossy_relay_both_implementations(pki, www, tmp_path, start_server) -> N
         relay = LossyRelay(("127.0.0.1", server.port), loss=0.05, reorder=0.05, seed=3)
         out = tmp_path / role
         try:
-            if role == "kquic-server":
-                argv = python(
-                    "-m",
-                    "tests.interop.aioquic_peer",
-                    "client",
-                    *urls(relay.port, names),
-                    "--output",
-                    str(out),
-                    "--ca",
-                    str(pki.ca),
-                )
-            else:
-                argv = python(
-                    "-m",
-                    "kquic_tools.interop",
-                    "client",
-                    *urls(relay.port, names),
-                    "--output",
-                    str(out),
-                    "--ca",
-                    str(pki.ca),
-                    "--server-name",
-                    "server.test",
-                )
-            result = run(argv)
+            make_client = aioquic_client if role == "kquic-server" else kquic_client
+            result = run(make_client(relay.port, names, out, pki))
         finally:
             relay.close()
         assert result.returncode == 0, (role, result.stderr[-3000:])

@@ -11,6 +11,7 @@ import pytest
 from quic.packet import MIN_INITIAL_SIZE
 from tests.interop.conftest import (
     FILES,
+    aioquic_client,
     aioquic_server,
     check_files,
     kquic_server,
@@ -65,18 +66,7 @@ def test_kquic_client_probes_up_to_what_aioquic_accepts(
 
 def test_aioquic_client_against_a_probing_kquic_server(pki, www, tmp_path, start_server) -> None:
     server = start_server([*kquic_server(pki, www), "--plpmtud"])
-    result = run(
-        python(
-            "-m",
-            "tests.interop.aioquic_peer",
-            "client",
-            *urls(server.port, FILES),
-            "--output",
-            str(tmp_path),
-            "--ca",
-            str(pki.ca),
-        )
-    )
+    result = run(aioquic_client(server.port, FILES, tmp_path, pki))
     assert result.returncode == 0, result.stderr[-3000:]
     check_files(www, tmp_path, FILES)
 
