@@ -255,6 +255,7 @@ class Connection:
         self._non_probing = False
         self.migrated_local = False
         self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
+        self.last_ping = 0.0  # when an ACK-only packet last carried a PING
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
@@ -281,7 +282,9 @@ class Connection:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.buffered_packets: dict[int, list[tuple[bytes, float]]] = {}
-        self.idle_deadline = now + self._idle_timeout()
+        # RFC 9000 §10.1: the idle timer restarts on every packet received and on
+        # ack-eliciting sends; the deadline is worked out only when a timer is armed.
+        self.last_activity = now
         self.close_deadline: float | None = None
         self.close_pending = False
         self.last_close_sent = 0.0
@@ -407,7 +410,6 @@ class Connection:
         self.streams.set_peer_params(params)
         self.flow_send.on_max_data(params.initial_max_data)
         self.recovery.max_ack_delay = params.max_ack_delay / 1000
-        self.idle_deadline = self.idle_deadline  # re-armed on next activity
 
     def _check_version_information(self, info: VersionInformation | None) -> None:
         """RFC 9368 §4: the peer's chosen_version must be the version its handshake
@@ -615,8 +617,8 @@ class Connection:
             if self.state >= State.DRAINING:
                 return True
         space.on_received(pn, ack_eliciting, now)
-        self.idle_deadline = now + self._idle_timeout()
-        if level == APP and pn == space.largest_received:
+        self.last_activity = now
+        if addr != self.peer_addr and level == APP and pn == space.largest_received:
             # RFC 9000 §9.3: only the newest packet with a non-probing frame moves a path.
             self._non_probing |= any(type(f) not in PROBING_FRAMES for f in frames)
         return True
@@ -1296,7 +1298,7 @@ class Connection:
             if self.trace is not None:
                 self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
             if sent.ack_eliciting:
-                self.idle_deadline = max(self.idle_deadline, now + self._idle_timeout())
+                self.last_activity = now
             if level == HANDSHAKE and self.is_client:
                 self._discard_level(INITIAL)  # RFC 9001 §4.9.1
         self.bytes_sent += len(datagram)
@@ -1381,6 +1383,8 @@ class Connection:
         if not parts:
             if ack_part is None or not self._ack_due(level, space, now):
                 return None
+            if level == APP:
+                used = self._ping_now_and_then(parts, records, now)
         elif ack_part is None:
             ack_part = self._ack_frame(level, space_id, now, force=True)
         if ack_part is not None:
@@ -1400,6 +1404,18 @@ class Connection:
         )
         size = self._header_size(level, pn_len) + sum(map(len, parts)) + AEAD_TAG_SIZE
         return (level, size, parts, sent)
+
+    def _ping_now_and_then(self, parts: list, records: list, now: float) -> int:
+        """RFC 9000 §13.2.4: a receiver that only acknowledges never has its ACKs
+        acknowledged, and has nothing for loss detection to resend if the path breaks
+        (a peer validating a NAT-rebound address of ours gets no credit to send with,
+        §9.3); so about once a round trip an ACK also carries a PING."""
+        if now - self.last_ping < self.recovery.rtt.smoothed_rtt:
+            return 0
+        self.last_ping = now
+        parts.append(b"\x01")
+        records.append((REC_PING,))
+        return 1
 
     def _ack_due(self, level: int, space: PnSpace, now: float) -> bool:
         delay = self.local_params.max_ack_delay / 1000 if level == APP else 0.0
@@ -1568,6 +1584,9 @@ class Connection:
     # ------------------------------------------------------------------
     # timers
 
+    def idle_deadline(self) -> float:
+        return self.last_activity + self._idle_timeout()
+
     def _idle_timeout(self) -> float:
         """RFC 9000 §10.1: the smaller non-zero max_idle_timeout of both sides, never below
         three PTOs; a large value when neither side sets one."""
@@ -1584,7 +1603,7 @@ class Connection:
             return None
         if self.state >= State.CLOSING:
             return self.close_deadline
-        deadlines = [self.idle_deadline]
+        deadlines = [self.idle_deadline()]
         if self.pacing_deadline is not None:
             deadlines.append(self.pacing_deadline)
         if self.path_check is not None:
@@ -1615,7 +1634,7 @@ class Connection:
             self.pacing_deadline = None  # the flush that follows sends what was held
         if self.path_check is not None:
             self._path_check_timer(now)
-        if now >= self.idle_deadline:
+        if now >= self.idle_deadline():
             self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
             self.state = State.CLOSED
             self._notify_close()

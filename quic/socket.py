@@ -107,6 +107,7 @@ class QuicSocket:
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
         self._extra_routes: list[bytes] = []
+        self._waiters = 0  # threads blocked in _wait
         self._new_tunnel: Tunnel | None = None  # a local address being migrated to
         self._old_tunnels: list[Tunnel] = []
         # Server: the preferred address's UDP endpoint, and whether the client uses it.
@@ -164,7 +165,11 @@ class QuicSocket:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(errno.ETIMEDOUT, "timed out")
-            self._cond.wait(remaining)
+            self._waiters += 1
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
 
     def _deadline(self) -> float | None:
         return None if self._timeout is None else time.monotonic() + self._timeout
@@ -431,7 +436,8 @@ class QuicSocket:
                 self._finish()
             else:
                 self.tunnel.schedule(self, conn.next_deadline())
-            self._cond.notify_all()
+            if self._waiters:  # most flushes have no thread to wake: skip the call
+                self._cond.notify_all()
             self._update_ready()
 
     def _set_connection_migration(self, value: bytes) -> None:
@@ -1115,11 +1121,13 @@ class QuicSocket:
             if conn is not None and conn.state < State.CLOSING and self._timeout != 0.0:
                 linger = LINGER if self._timeout is None else min(self._timeout, LINGER)
                 deadline = time.monotonic() + linger
-                while conn.state < State.CLOSING and conn.unacked_stream_data():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                try:
+                    self._wait(
+                        lambda: conn.state >= State.CLOSING or not conn.unacked_stream_data(),
+                        deadline,
+                    )
+                except TimeoutError:
+                    pass  # lingered long enough: close with what is still unacknowledged
             if conn is not None and conn.state < State.CLOSING:
                 rec = self.close_record
                 # A failed handshake reports its TLS alert as CRYPTO_ERROR (0x100 + alert):

@@ -88,8 +88,12 @@ class LossyRelay:
     which for a paced or idle sender can be a timeout later. Bounded: it stops with the test.
 
     With ``rebind_after`` it acts as a NAT whose mapping changes: after that many client
-    datagrams it sends on from a new port, as if the client's port had changed.
+    datagrams it sends on from a new port, as if the client's port had changed; the old
+    mapping still delivers to the client for ``OLD_MAPPING_LINGER`` seconds, as a NAT's
+    does until it times out.
     """
+
+    OLD_MAPPING_LINGER = 0.2
 
     MAX_HOLD = 0.005
 
@@ -116,6 +120,7 @@ class LossyRelay:
         self.rebind_after = rebind_after
         self.forwarded = 0
         self.old_ports: list[int] = []
+        self.old_back: tuple[socket.socket, float] | None = None
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -144,9 +149,14 @@ class LossyRelay:
     def _run(self) -> None:
         while not self._stop:
             waiting = any(self.held.values())
-            ready, _, _ = select.select(
-                [self.front, self.back], [], [], self.MAX_HOLD if waiting else 0.1
-            )
+            socks = [self.front, self.back]
+            if self.old_back is not None:
+                if time.monotonic() > self.old_back[1]:
+                    self.old_back[0].close()
+                    self.old_back = None
+                else:
+                    socks.append(self.old_back[0])
+            ready, _, _ = select.select(socks, [], [], self.MAX_HOLD if waiting else 0.1)
             for sock in ready:
                 data, addr = sock.recvfrom(65536)
                 if sock is self.front:
@@ -163,13 +173,15 @@ class LossyRelay:
         old, self.back = self.back, socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.back.bind(("127.0.0.1", 0))
         self.old_ports.append(old.getsockname()[1])
-        old.close()
+        self.old_back = (old, time.monotonic() + self.OLD_MAPPING_LINGER)
 
     def close(self) -> None:
         self._stop = True
         self.thread.join(2)
         self.front.close()
         self.back.close()
+        if self.old_back is not None:
+            self.old_back[0].close()
 
 
 def perf_commands(impl: str, pki, direction: str, nbytes: int) -> tuple[list[str], Callable]:
