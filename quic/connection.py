@@ -1152,6 +1152,7 @@ class Connection:
             self.pending_max_data = True
         elif kind == REC_MAX_STREAM_DATA:
             rec[1].recv.window_update_lost()
+            self.streams.note_window_change(rec[1])
         elif kind == REC_MAX_STREAMS:
             self.pending_max_streams[rec[1]] = True
         elif kind == REC_PMTU_PROBE:
@@ -1830,6 +1831,7 @@ class Connection:
             if not data and not fin:
                 continue
             self.flow_recv.on_consumed(len(data))
+            self.streams.note_window_change(stream)
             if fin:
                 self.streams.maybe_forget(sid)
             return sid, data, fin

@@ -841,6 +841,9 @@ class StreamManager:
         self.local = local_params
         self.peer = None
         self.streams: dict[int, Stream] = {}
+        # Streams whose receive window may have to be announced: only reads and lost
+        # MAX_STREAM_DATA frames change that, so the packetizer looks at these alone.
+        self.window_candidates: dict[int, Stream] = {}
         # Streams we may open, indexed [bidi, uni]: the peer's limits (0 until its
         # parameters arrive) and how many we opened.
         self.peer_max = [0, 0]
@@ -992,14 +995,22 @@ class StreamManager:
             return target
         return None
 
+    def note_window_change(self, stream: Stream) -> None:
+        """The application read from ``stream``, or its MAX_STREAM_DATA was lost."""
+        self.window_candidates[stream.stream_id] = stream
+
     def window_updates(self) -> list[Stream]:
         """Streams whose larger receive window must be announced (MAX_STREAM_DATA);
         their ``recv.max_stream_data`` holds the new limit."""
-        return [
+        if not self.window_candidates:
+            return []
+        due = [
             stream
-            for stream in self.streams.values()
+            for stream in self.window_candidates.values()
             if stream.recv is not None and stream.recv.max_stream_data_update() is not None
         ]
+        self.window_candidates.clear()
+        return due
 
     def maybe_forget(self, sid: int) -> None:
         """Drop a stream whose halves are both done, counting it toward MAX_STREAMS."""

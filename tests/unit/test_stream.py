@@ -538,6 +538,8 @@ def test_manager_window_updates() -> None:
     stream.recv.on_frame(0, bytes(800), False)
     assert streams.window_updates() == []
     stream.recv.read(800)
+    assert streams.window_updates() == []  # only streams noted as read are looked at
+    streams.note_window_change(stream)
     assert streams.window_updates() == [stream]
     assert stream.recv.max_stream_data == 1800
     assert streams.window_updates() == []
