@@ -426,10 +426,7 @@ class QuicSocket:
             if conn.migrated_local:
                 self._switch_tunnel(conn)
                 current = self.tunnel
-            sendto = current.sendto
-            peer = conn.peer_addr
-            for datagram in conn.datagrams_to_send(now):
-                sendto(datagram, peer)
+            current.send_batch(conn.datagrams_to_send(now), conn.peer_addr)
             if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
                 self.state = SOCK_ESTABLISHED
             if conn.state == State.CLOSED:

@@ -15,6 +15,8 @@ import logging
 import os
 import selectors
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +46,12 @@ Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
 RECV_BATCH = 64
 RECV_BUFFER = 65536
 SOCKET_BUFFER = 4 * 1024 * 1024
+# UDP generic segmentation offload (linux/udp.h); Python's socket module lacks the names.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # one UDP payload of at most 64 KiB, headers aside
+_SEGMENT = struct.Struct("=H")
 RESETS_PER_SECOND = 100
 
 
@@ -93,6 +101,7 @@ class Tunnel:
         self.reset_routes: dict[bytes, Endpoint] = {}
         self.listeners: list[Listener] = []
         self.users = 0
+        self.gso = sys.platform.startswith("linux")  # cleared on the first refusal
         self.tokens = TokenAuthority()  # Retry and NEW_TOKEN tokens of this UDP endpoint
         self.reset_key = endpoint_reset_key()
         self._reset_budget = float(RESETS_PER_SECOND)
@@ -146,6 +155,41 @@ class Tunnel:
             pass  # a full socket buffer is loss; recovery repairs it
         except OSError as exc:
             log.debug("sendto %s failed: %s", addr, exc)
+
+    def send_batch(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send a flush's datagrams. With UDP GSO (Linux 4.18+) each run of equal-sized
+        datagrams, plus one shorter at its end, leaves in one sendmsg that the kernel
+        splits: one system call instead of dozens. Without it, one sendto each."""
+        if not self.gso or len(datagrams) < 2:
+            for datagram in datagrams:
+                self.sendto(datagram, addr)
+            return
+        i, count = 0, len(datagrams)
+        while i < count:
+            size = len(datagrams[i])
+            end = min(count, i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            j = i + 1
+            while j < end and len(datagrams[j]) == size:
+                j += 1
+            if j < end and len(datagrams[j]) < size:
+                j += 1  # the kernel allows a shorter last segment
+            if j - i == 1:
+                self.sendto(datagrams[i], addr)
+            else:
+                self._send_segments(b"".join(datagrams[i:j]), size, addr, datagrams[i:j])
+            i = j
+
+    def _send_segments(self, buf: bytes, size: int, addr: Address, parts: list[bytes]) -> None:
+        try:
+            self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # as for sendto: loss that recovery repairs
+        except OSError as exc:
+            # EIO/EINVAL/EOPNOTSUPP: no GSO here (old kernel, device, or route); fall back.
+            log.info("UDP GSO unavailable (%s): sending datagrams one by one", exc)
+            self.gso = False
+            for datagram in parts:
+                self.sendto(datagram, addr)
 
     def schedule(self, endpoint: Endpoint, deadline: float | None) -> None:
         """Arm (or with None, disarm) ``endpoint``'s single timer."""
