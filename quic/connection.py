@@ -27,6 +27,7 @@ from .crypto import (
     PacketKeys,
     initial_secrets,
 )
+from .ecn import ECT_0, NOT_ECT
 from .errors import QuicError, TransportError
 from .frame import (
     Ack,
@@ -147,6 +148,9 @@ class ConnectionConfig:
     # before the transport parameters cut it).
     plpmtud_probe_interval: float = 0.0
     max_plpmtu: int = MAX_UDP_PAYLOAD_IPV6
+    # Use ECN (RFC 9000 §13.4): the I/O layer can send each datagram with the codepoint
+    # ``Connection.ecn_codepoint`` asks for. Received codepoints are counted either way.
+    ecn: bool = False
 
 
 # RFC 9000 §9.1: frames that probe a path without moving the connection onto it.
@@ -233,6 +237,7 @@ class Connection:
             make_congestion_control(config.congestion_control, config.max_datagram_size),
             is_client=self.is_client,
             initial_rtt=config.initial_rtt,
+            ecn=config.ecn,
         )
         # RFC 9002 §6.2.2.1: only a client waits for the server to validate its address.
         self.recovery.peer_completed_address_validation = not self.is_client
@@ -281,7 +286,7 @@ class Connection:
         self.peer_address_validated = self.is_client or address_validated
         self.bytes_received = 0
         self.bytes_sent = 0
-        self.buffered_packets: dict[int, list[tuple[bytes, float]]] = {}
+        self.buffered_packets: dict[int, list[tuple[bytes, float, int]]] = {}
         # RFC 9000 §10.1: the idle timer restarts on every packet received and on
         # ack-eliciting sends; the deadline is worked out only when a timer is armed.
         self.last_activity = now
@@ -512,8 +517,9 @@ class Connection:
     # ------------------------------------------------------------------
     # receiving
 
-    def receive_datagram(self, data: bytes, addr: tuple, now: float) -> None:
-        """One UDP datagram from ``addr``; may hold several coalesced packets."""
+    def receive_datagram(self, data: bytes, addr: tuple, now: float, ecn: int = NOT_ECT) -> None:
+        """One UDP datagram from ``addr``; may hold several coalesced packets. ``ecn`` is
+        the ECN codepoint of its IP header, counted for each packet it carries."""
         if self.state >= State.DRAINING:
             return
         self.bytes_received += len(data)
@@ -536,7 +542,7 @@ class Connection:
                 unopened = True
                 break  # the rest of the datagram is malformed: drop it, keep what came before
             try:
-                unopened |= not self._receive_packet(data, header, addr, now)
+                unopened |= not self._receive_packet(data, header, addr, now, ecn)
             except QuicError as exc:
                 self._close_on_error(exc, now)
                 return
@@ -555,7 +561,7 @@ class Connection:
         self.close_deadline = now + 3 * self.recovery.pto_interval()
         self._notify_close()
 
-    def _receive_packet(self, data: bytes, header, addr: tuple, now: float) -> bool:
+    def _receive_packet(self, data: bytes, header, addr: tuple, now: float, ecn: int) -> bool:
         """Process one packet; False if it could not be opened (a Stateless Reset looks
         like that), True otherwise, processed or deliberately ignored."""
         ptype = header.packet_type
@@ -576,7 +582,7 @@ class Connection:
         packet = memoryview(data)[header.packet_start : header.packet_end]
         pn_offset = header.pn_offset - header.packet_start
         if keys is None:
-            self._buffer_packet(level, bytes(packet), now)
+            self._buffer_packet(level, bytes(packet), now, ecn)
             return True
         space = self.spaces[LEVEL_SPACE[level]]
         try:
@@ -616,7 +622,7 @@ class Connection:
                 ack_eliciting = True
             if self.state >= State.DRAINING:
                 return True
-        space.on_received(pn, ack_eliciting, now)
+        space.on_received(pn, ack_eliciting, now, ecn)
         self.last_activity = now
         if addr != self.peer_addr and level == APP and pn == space.largest_received:
             # RFC 9000 §9.3: only the newest packet with a non-probing frame moves a path.
@@ -728,19 +734,19 @@ class Connection:
         if self.integrity_limit and self.failed_opens >= self.integrity_limit:
             raise QuicError(TransportError.AEAD_LIMIT_REACHED, 0, "AEAD integrity limit reached")
 
-    def _buffer_packet(self, level: int, packet: bytes, now: float) -> None:
+    def _buffer_packet(self, level: int, packet: bytes, now: float, ecn: int) -> None:
         """Keep a packet whose keys are not there yet (RFC 9001 §5.7), unless that level is
         already over."""
         if level == INITIAL or (level == HANDSHAKE and self.handshake_confirmed):
             return
         queue = self.buffered_packets.setdefault(level, [])
         if len(queue) < MAX_BUFFERED_PACKETS:
-            queue.append((packet, now))
+            queue.append((packet, now, ecn))
 
     def _replay_buffered(self, level: int) -> None:
-        for packet, when in self.buffered_packets.pop(level, []):
+        for packet, when, ecn in self.buffered_packets.pop(level, []):
             self.bytes_received -= len(packet)  # counted when the datagram arrived
-            self.receive_datagram(packet, self.peer_addr, when)
+            self.receive_datagram(packet, self.peer_addr, when, ecn)
 
     def _on_version_negotiation(self, header, now: float) -> None:
         """RFC 9000 §6.2: a client gives up when none of its versions is offered, and ignores
@@ -767,6 +773,8 @@ class Connection:
         exponent = self.peer_params.ack_delay_exponent if self.peer_params else 3
         ack_delay = (frame.ack_delay << exponent) / 1e6 if level == APP else 0.0
         result = self.recovery.on_ack_received(space_id, frame.ranges, ack_delay, now, frame.ecn)
+        if result.ecn_failed:
+            log.info("ECN validation failed: packets go out unmarked")
         space.on_acked(frame.largest)
         if level == APP and self.key_update_pn is not None and frame.largest >= self.key_update_pn:
             self.key_update_pn = None
@@ -1035,6 +1043,7 @@ class Connection:
             in_flight=False,
             is_pmtu_probe=False,
             frames=[],
+            ect=self.recovery.ecn.codepoint == ECT_0,  # it leaves with the same marking
         )
         pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts)
         if pad > 0:
@@ -1163,6 +1172,12 @@ class Connection:
     # ------------------------------------------------------------------
     # sending
 
+    @property
+    def ecn_codepoint(self) -> int:
+        """The ECN codepoint for the datagrams :meth:`datagrams_to_send` returns: ECT(0)
+        while ECN validation tests or has passed, NOT_ECT once it failed or without ECN."""
+        return self.recovery.ecn.codepoint
+
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Datagrams for ``self.peer_addr``, as many as congestion control and the
         anti-amplification limit allow (bounded per call)."""
@@ -1203,6 +1218,7 @@ class Connection:
             sent_bytes=size,
             is_pmtu_probe=True,
             frames=[(REC_PMTU_PROBE, size)],
+            ect=self.recovery.ecn.codepoint == ECT_0,  # counted in ECN validation like any
         )
         datagram = self._seal(APP, [b"\x01", bytes(padding)], sent)
         space.take_pn()
@@ -1402,6 +1418,7 @@ class Connection:
             in_flight=ack_eliciting,
             is_pmtu_probe=False,
             frames=records,
+            ect=self.recovery.ecn.codepoint == ECT_0,
         )
         size = self._header_size(level, pn_len) + sum(map(len, parts)) + AEAD_TAG_SIZE
         return (level, size, parts, sent)
@@ -1433,7 +1450,7 @@ class Connection:
                 int((now - space.largest_received_time) * 1e6)
                 >> self.local_params.ack_delay_exponent
             )
-        return encode_ack(space.ack_ranges(), max(delay, 0))
+        return encode_ack(space.ack_ranges(), max(delay, 0), space.ecn_counts)
 
     def _fill_packet(self, level: int, room: int, parts: list, records: list, now: float) -> int:
         """Ack-eliciting frames for ``room`` bytes; returns the bytes used."""
@@ -1909,6 +1926,8 @@ def _packet_event(ptype: PacketType, pn: int, size: int, frames: list) -> dict:
             )
         elif isinstance(frame, Ack):
             entry["acked_ranges"] = [[low, high] for low, high in frame.ranges]
+            if frame.ecn is not None:
+                entry.update(ect0=frame.ecn[0], ect1=frame.ecn[1], ce=frame.ecn[2])
         summary.append(entry)
     return {
         "header": {"packet_type": _QLOG_PACKET_TYPE[ptype], "packet_number": pn},

@@ -19,6 +19,7 @@ RFC 9000 §12.4 permits, since a client cannot yet know which CIDs the server is
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -113,7 +114,7 @@ def encode_crypto_header(offset: int, length: int) -> bytes:
 
 
 def encode_ack(
-    ranges: list[tuple[int, int]], ack_delay: int, ecn: tuple[int, int, int] | None = None
+    ranges: list[tuple[int, int]], ack_delay: int, ecn: Sequence[int] | None = None
 ) -> bytes:
     """An ACK (or ACK_ECN) frame from inclusive ``(low, high)`` ranges, highest first.
 
@@ -128,7 +129,7 @@ def write_ack(
     buf: bytearray,
     ranges: list[tuple[int, int]],
     ack_delay: int,
-    ecn: tuple[int, int, int] | None = None,
+    ecn: Sequence[int] | None = None,
 ) -> None:
     """:func:`encode_ack` appending to ``buf``. Gaps and range lengths are nearly always
     below 64, so they are appended as single bytes without building varints."""

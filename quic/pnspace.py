@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+from .ecn import CE, COUNT_INDEX
+
 # RFC 9000 §13.2.2: acknowledge at least every second ack-eliciting packet.
 ACK_ELICITING_THRESHOLD = 2
 # Ranges kept for ACK frames and duplicate detection; older ones are forgotten and
@@ -42,7 +44,9 @@ class PnSpace:
         self.largest_received_time = 0.0
         self.ack_eliciting_unacked = 0
         self.ack_immediately = False
-        self.ecn_counts = [0, 0, 0]  # ECT(0), ECT(1), CE
+        # ECT(0), ECT(1), CE counts of the packets received (RFC 9000 §13.4.1); None
+        # until a marked one arrives, so ACKs carry counts only on paths that mark.
+        self.ecn_counts: list[int] | None = None
 
     # send side
 
@@ -67,7 +71,7 @@ class PnSpace:
     def on_received(self, pn: int, ack_eliciting: bool, now: float, ecn: int = 0) -> None:
         """Record a packet that decrypted; call after :meth:`is_duplicate` said no.
 
-        ``ecn`` is the IP ECN codepoint (1 ECT(1), 2 ECT(0), 3 CE).
+        ``ecn`` is the ECN codepoint of the datagram that carried it.
         """
         ranges = self.ranges
         if pn > self.largest_received:
@@ -87,8 +91,12 @@ class PnSpace:
             dropped = ranges.pop(0)
             self.floor = dropped[1] + 1
         if ecn:
-            self.ecn_counts[(2, 1, 3).index(ecn)] += 1
-            if ecn == 3:
+            counts = self.ecn_counts
+            if counts is None:
+                counts = self.ecn_counts = [0, 0, 0]
+            counts[COUNT_INDEX[ecn]] += 1
+            if ecn == CE:
+                # RFC 9000 §13.2.1: report congestion without delay.
                 self.ack_immediately = True
         if ack_eliciting:
             self.ack_eliciting_unacked += 1

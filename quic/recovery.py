@@ -22,6 +22,7 @@ from enum import IntEnum
 from typing import Any
 
 from quic.cong import CongestionControl, kInitialRtt, kPersistentCongestionThreshold
+from quic.ecn import EcnState, EcnValidation
 from quic.errors import QuicError, TransportError
 
 # RFC 9002 §6.1.1, §6.1.2.
@@ -70,7 +71,7 @@ class AckResult:
     lost: list[SentPacket] = field(default_factory=list)
     rtt_sampled: bool = False
     persistent_congestion: bool = False
-    ecn_failed: bool = False  # ECN validation failed with this ACK: stop marking
+    ecn_failed: bool = False  # ECN validation failed with this ACK: marking stopped
 
 
 @dataclass(slots=True)
@@ -136,9 +137,6 @@ class RttEstimator:
 class _Space:
     __slots__ = (
         "ack_eliciting_in_flight",
-        "ecn_ce",
-        "ecn_ect0",
-        "ect_sent",
         "largest_acked",
         "largest_sent",
         "loss_time",
@@ -157,9 +155,6 @@ class _Space:
         self.loss_time: float | None = None
         self.ack_eliciting_in_flight = 0
         self.time_of_last_ack_eliciting = 0.0  # meaningful while the count above is > 0
-        self.ect_sent = 0
-        self.ecn_ect0 = 0
-        self.ecn_ce = 0
 
 
 class LossRecovery:
@@ -170,7 +165,8 @@ class LossRecovery:
     itself from a Handshake ACK) and ``max_ack_delay`` once the peer's transport
     parameters arrive. A server blocked by its anti-amplification limit must not arm
     the timer from ``loss_detection_deadline()`` (RFC 9002 App. A.8); that budget lives
-    in the connection.
+    in the connection. ``ecn`` validates the peer's ECN counts (RFC 9000 §13.4.2); its
+    codepoint says how the connection marks the packets it sends.
     """
 
     __slots__ = (
@@ -178,7 +174,7 @@ class LossRecovery:
         "_spaces",
         "_timer_base",
         "cc",
-        "ecn_failed",
+        "ecn",
         "handshake_confirmed",
         "has_handshake_keys",
         "is_client",
@@ -195,6 +191,7 @@ class LossRecovery:
         is_client: bool,
         initial_rtt: float = kInitialRtt,
         max_ack_delay: float = DEFAULT_MAX_ACK_DELAY,
+        ecn: bool = True,
     ) -> None:
         self.cc = cc
         self.rtt = RttEstimator(initial_rtt)
@@ -205,7 +202,7 @@ class LossRecovery:
         # RFC 9002 App. A.6: a server takes the client's address validation as given.
         self.peer_completed_address_validation = not is_client
         self.pto_count = 0
-        self.ecn_failed = False
+        self.ecn = EcnValidation(ecn)
         self._spaces = [_Space(), _Space(), _Space()]
         self._first_rtt_sample: float | None = None
         # When the timer was last (re)armed: the client's anti-deadlock PTO runs from it.
@@ -232,7 +229,7 @@ class LossRecovery:
         self.rtt.reset()
         self.cc.reset()
         self.cc.smoothed_rtt = self.rtt.smoothed_rtt
-        self.ecn_failed = False
+        self.ecn.restart()
         self._first_rtt_sample = None
 
     def on_packet_sent(self, pkt: SentPacket) -> None:
@@ -240,7 +237,7 @@ class LossRecovery:
         sp.sent[pkt.packet_number] = pkt
         sp.largest_sent = pkt.packet_number
         if pkt.ect:
-            sp.ect_sent += 1
+            self.ecn.on_sent(pkt.space)
         if pkt.ack_eliciting:
             sp.ack_eliciting_in_flight += 1
             sp.time_of_last_ack_eliciting = pkt.time_sent
@@ -303,9 +300,8 @@ class LossRecovery:
             )
             self.cc.smoothed_rtt = self.rtt.smoothed_rtt
             result.rtt_sampled = True
-        # RFC 9000 §13.4.2.1: reordered ACKs would fail validation spuriously.
-        if increased and not self.ecn_failed:
-            result.ecn_failed = self._process_ecn(sp, ecn_counts, ect, newest.time_sent, now)
+        if increased:
+            result.ecn_failed = self._process_ecn(space, ecn_counts, ect, newest.time_sent, now)
 
         lost, persistent = self._detect_lost(sp, gaps, now)
         if lost:
@@ -345,6 +341,7 @@ class LossRecovery:
         # one packet earns the server amplification credit or proves the address.
         probe_count = 2 if self._ack_eliciting_in_flight() else 1
         self.pto_count += 1
+        self.ecn.on_probe_timeout(self.pto_count)
         self._timer_base = now
         return TimeoutAction(probe_space=space, probe_count=probe_count)
 
@@ -408,34 +405,22 @@ class LossRecovery:
 
     def _process_ecn(
         self,
-        sp: _Space,
+        space: int,
         counts: tuple[int, int, int] | None,
         ect_acked: int,
         sent_time: float,
         now: float,
     ) -> bool:
-        """Validate ECN counts (RFC 9000 §13.4.2.1); return True if validation failed."""
-        if counts is None:
-            failed = ect_acked > 0
-        else:
-            ect0, ect1, ce = counts
-            d_ect0 = ect0 - sp.ecn_ect0
-            d_ce = ce - sp.ecn_ce
-            # Only ECT(0) is ever sent, so any ECT(1) count means the path remarks.
-            failed = (
-                d_ect0 < 0
-                or d_ce < 0
-                or d_ect0 + d_ce < ect_acked
-                or ect0 > sp.ect_sent
-                or ect1 > 0
-            )
-            if not failed:
-                sp.ecn_ect0, sp.ecn_ce = ect0, ce
-                if d_ce > 0:
-                    self.cc.on_ecn_ce(sent_time, now)
-        if failed:
-            self.ecn_failed = True
-        return failed
+        """RFC 9002 App. B.8 ProcessECN after validation; True if validation failed here.
+
+        A CE increase is one congestion event, dated by the send time of the newest
+        packet acknowledged, so marks from one window reduce it once.
+        """
+        ecn = self.ecn
+        before = ecn.state
+        if ecn.on_ack(space, counts, ect_acked) > 0:
+            self.cc.on_ecn_ce(sent_time, now)
+        return before != EcnState.FAILED and ecn.state == EcnState.FAILED
 
     def _detect_lost(
         self, sp: _Space, segments: tuple[range, ...] | list[range], now: float

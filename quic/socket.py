@@ -37,6 +37,7 @@ from .connection import (
     State,
     StreamClosedError,
 )
+from .ecn import ECT_0
 from .errors import QuicError, TransportError
 from .packet import encode_retry, parse_header
 from .path import MAX_UDP_PAYLOAD_IPV6
@@ -284,6 +285,7 @@ class QuicSocket:
             plpmtud_probe_interval=interval,
             # One look at the route when PLPMTUD will use it, none otherwise.
             max_plpmtu=route_max_udp_payload(peer) if interval else MAX_UDP_PAYLOAD_IPV6,
+            ecn=self.tunnel.ecn_codepoint == ECT_0,
         )
 
     def _reset_route_add(self, token: bytes) -> None:
@@ -406,10 +408,10 @@ class QuicSocket:
     # ------------------------------------------------------------------
     # the tunnel's Endpoint protocol (called from the I/O thread)
 
-    def datagram_received(self, data: bytes, addr: tuple, now: float) -> None:
+    def datagram_received(self, data: bytes, addr: tuple, now: float, ecn: int) -> None:
         with self._lock:
             if self.conn is not None:
-                self.conn.receive_datagram(data, addr, now)
+                self.conn.receive_datagram(data, addr, now, ecn)
 
     def flush(self, now: float | None = None) -> None:
         """Send what the connection has, re-arm its timer, wake waiters."""
@@ -422,11 +424,11 @@ class QuicSocket:
             while conn.probes_out:
                 datagram, addr, local = conn.probes_out.popleft()
                 tunnel = self._new_tunnel if local and self._new_tunnel else current
-                tunnel.sendto(datagram, addr)
+                tunnel.sendto(datagram, addr, conn.ecn_codepoint)
             if conn.migrated_local:
                 self._switch_tunnel(conn)
                 current = self.tunnel
-            current.send_batch(conn.datagrams_to_send(now), conn.peer_addr)
+            current.send_batch(conn.datagrams_to_send(now), conn.peer_addr, conn.ecn_codepoint)
             if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
                 self.state = SOCK_ESTABLISHED
             if conn.state == State.CLOSED:
@@ -1172,9 +1174,9 @@ class _PreferredPath:
     def __init__(self, sock: QuicSocket) -> None:
         self.sock = sock
 
-    def datagram_received(self, data: bytes, addr: tuple, now: float) -> None:
+    def datagram_received(self, data: bytes, addr: tuple, now: float, ecn: int) -> None:
         self.sock._via_preferred = True
-        self.sock.datagram_received(data, addr, now)
+        self.sock.datagram_received(data, addr, now, ecn)
 
     def flush(self, now: float) -> None:
         self.sock.flush(now)

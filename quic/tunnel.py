@@ -5,6 +5,15 @@ Destination Connection ID, hands new Initials to the listener serving the client
 answers unknown versions with Version Negotiation, and fires connection timers. Sending
 happens in whatever thread holds the connection (the caller of ``sendmsg`` or this I/O
 thread).
+
+ECN (RFC 9000 §13.4) costs little here because marking is a socket option, set once:
+every datagram of the tunnel leaves ECT(0), including those sent for no connection
+(Version Negotiation, Retry, Stateless Reset). A connection whose ECN validation failed
+must stop marking while the others go on, so only its datagrams pay for a ``sendmsg``
+carrying their codepoint as ancillary data; on the common paths, where validation
+succeeds, nothing changes per datagram. The codepoint of each datagram received comes
+with it as ancillary data of ``recvmsg``. When the kernel refuses any of this, the
+tunnel works without ECN.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Protocol
 
 from .alpn import no_application_protocol_close, offered_alpns
 from .connid import STATELESS_RESET_TOKEN_LENGTH, endpoint_reset_key, stateless_reset
+from .ecn import ECN_MASK, ECT_0, NOT_ECT
 from .errors import QuicError
 from .packet import (
     FIXED_BIT,
@@ -53,12 +63,18 @@ GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 GSO_MAX_BYTES = 65000  # one UDP payload of at most 64 KiB, headers aside
 _SEGMENT = struct.Struct("=H")
 RESETS_PER_SECOND = 100
+# Room for the one TOS / Traffic Class control message of a received datagram, and the
+# byte of its data holding the ECN bits: IP_TOS data is one byte, IPV6_TCLASS an int.
+ECN_CMSG_SPACE = socket.CMSG_SPACE(4)
+ECN_BYTE = 0 if sys.byteorder == "little" else -1
 
 
 class Endpoint(Protocol):
     """A connection as the tunnel sees it."""
 
-    def datagram_received(self, data: bytes, addr: Address, now: float) -> None: ...
+    def datagram_received(self, data: bytes, addr: Address, now: float, ecn: int) -> None:
+        """``ecn`` is the ECN codepoint of the datagram's IP header."""
+        ...
 
     def flush(self, now: float) -> None: ...
 
@@ -95,6 +111,7 @@ class Tunnel:
         self.sock.setblocking(False)
         self.family = family
         self.local_addr = self.sock.getsockname()
+        self.ecn_codepoint, self.ecn_receive = enable_ecn(self.sock, family)
         self.cid_length = cid_length
         self.routes: dict[bytes, Endpoint] = {}
         # The peers' stateless reset tokens: a reset's DCID is random (RFC 9000 §10.3).
@@ -148,21 +165,27 @@ class Tunnel:
 
     # output and timers, callable from any thread
 
-    def sendto(self, datagram: bytes, addr: Address) -> None:
+    def sendto(self, datagram: bytes, addr: Address, ecn: int | None = None) -> None:
+        """Send one datagram with ECN codepoint ``ecn``; None takes the socket's own,
+        ``ecn_codepoint``."""
         try:
-            self.sock.sendto(datagram, addr)
+            if ecn is None or ecn == self.ecn_codepoint:
+                self.sock.sendto(datagram, addr)
+            else:
+                self._send_with_codepoint(datagram, addr, ecn)
         except (BlockingIOError, InterruptedError):
             pass  # a full socket buffer is loss; recovery repairs it
         except OSError as exc:
             log.debug("sendto %s failed: %s", addr, exc)
 
-    def send_batch(self, datagrams: list[bytes], addr: Address) -> None:
+    def send_batch(self, datagrams: list[bytes], addr: Address, ecn: int | None = None) -> None:
         """Send a flush's datagrams. With UDP GSO (Linux 4.18+) each run of equal-sized
         datagrams, plus one shorter at its end, leaves in one sendmsg that the kernel
-        splits: one system call instead of dozens. Without it, one sendto each."""
-        if not self.gso or len(datagrams) < 2:
+        splits: one system call instead of dozens. Without it, or when the connection's
+        ECN codepoint is not the socket's, one sendto each."""
+        if not self.gso or len(datagrams) < 2 or (ecn is not None and ecn != self.ecn_codepoint):
             for datagram in datagrams:
-                self.sendto(datagram, addr)
+                self.sendto(datagram, addr, ecn)
             return
         i, count = 0, len(datagrams)
         while i < count:
@@ -190,6 +213,28 @@ class Tunnel:
             self.gso = False
             for datagram in parts:
                 self.sendto(datagram, addr)
+
+    def _send_with_codepoint(self, datagram: bytes, addr: Address, ecn: int) -> None:
+        """Send with a codepoint other than the socket's. Should the kernel refuse it
+        per datagram, the whole tunnel stops marking: connections still marking then
+        see their marks vanish and fail ECN validation, which is safe, while datagrams
+        of connections that must not be marked would otherwise leave marked."""
+        if self.ecn_codepoint == NOT_ECT:
+            self.sock.sendto(datagram, addr)
+            return
+        if self.family == socket.AF_INET6 and not addr[0].startswith("::ffff:"):
+            level, option = socket.IPPROTO_IPV6, socket.IPV6_TCLASS
+        else:
+            level, option = socket.IPPROTO_IP, socket.IP_TOS
+        try:
+            self.sock.sendmsg((datagram,), [(level, option, struct.pack("i", ecn))], 0, addr)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            log.info("the kernel refused a per-datagram ECN codepoint (%s): not marking", exc)
+            set_ecn_codepoint(self.sock, self.family, NOT_ECT)
+            self.ecn_codepoint = NOT_ECT
+            self.sock.sendto(datagram, addr)
 
     def schedule(self, endpoint: Endpoint, deadline: float | None) -> None:
         """Arm (or with None, disarm) ``endpoint``'s single timer."""
@@ -263,10 +308,16 @@ class Tunnel:
     def _receive_batch(self) -> None:
         touched: dict[int, Endpoint] = {}
         recvfrom = self.sock.recvfrom
+        recvmsg = self.sock.recvmsg if self.ecn_receive else None
         monotonic = time.monotonic
+        ecn = NOT_ECT
         for _ in range(RECV_BATCH):
             try:
-                data, addr = recvfrom(RECV_BUFFER)
+                if recvmsg is not None:
+                    data, ancdata, _, addr = recvmsg(RECV_BUFFER, ECN_CMSG_SPACE)
+                    ecn = ancdata[0][2][ECN_BYTE] & ECN_MASK if ancdata else NOT_ECT
+                else:
+                    data, addr = recvfrom(RECV_BUFFER)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP port unreachable surfaced on the socket
@@ -277,7 +328,7 @@ class Tunnel:
             now = monotonic()
             endpoint = self._route(data, addr, now)
             if endpoint is not None:
-                self._guard(endpoint.datagram_received, data, addr, now)
+                self._guard(endpoint.datagram_received, data, addr, now, ecn)
                 touched[id(endpoint)] = endpoint
         now = monotonic()
         for endpoint in touched.values():
@@ -388,6 +439,42 @@ class Tunnel:
         except Exception:
             log.exception("connection handler failed")
             return None
+
+
+def enable_ecn(sock: socket.socket, family: int) -> tuple[int, bool]:
+    """Mark what ``sock`` sends ECT(0) and ask for the codepoint of what it receives.
+
+    Returns the codepoint its datagrams now carry (NOT_ECT if the kernel refused) and
+    whether received datagrams come with theirs. A dual-stack socket sets both the
+    IPv6 and the IPv4 options, the latter for peers at IPv4-mapped addresses.
+    """
+    codepoint = ECT_0 if set_ecn_codepoint(sock, family, ECT_0) else NOT_ECT
+    if codepoint == NOT_ECT:
+        set_ecn_codepoint(sock, family, NOT_ECT)  # undo a half-applied setting
+    options = [(socket.IPPROTO_IP, socket.IP_RECVTOS)]
+    if family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS))
+    try:
+        for level, option in options:
+            sock.setsockopt(level, option, 1)
+    except OSError as exc:
+        log.info("no ECN codepoints on received datagrams: %s", exc)
+        return codepoint, False
+    return codepoint, True
+
+
+def set_ecn_codepoint(sock: socket.socket, family: int, codepoint: int) -> bool:
+    """Set the TOS / Traffic Class byte of everything ``sock`` sends; False if refused."""
+    options = [(socket.IPPROTO_IP, socket.IP_TOS)]
+    if family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, socket.IPV6_TCLASS))
+    try:
+        for level, option in options:
+            sock.setsockopt(level, option, codepoint)
+    except OSError as exc:
+        log.info("cannot set the ECN codepoint of sent datagrams: %s", exc)
+        return False
+    return True
 
 
 _registry: dict[tuple, Tunnel] = {}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu machine for kquic: the system packages it binds to or drives
-# (GnuTLS, iproute2), then a virtual environment in .venv with kquic and its test extras.
+# (GnuTLS, iproute2, nftables for the ECN tests in network namespaces), then a virtual
+# environment in .venv with kquic and its test extras.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ as_root() {
 }
 
 missing=()
-for pkg in libgnutls30 iproute2; do
+for pkg in libgnutls30 iproute2 nftables; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" 2>/dev/null \

@@ -40,11 +40,17 @@ class Pair:
         version: int = uapi.QUIC_VERSION_V1,
         client_compatible: bool = True,
         server_compatible: bool = True,
+        ecn: bool = False,
         **server_params,
     ) -> None:
         self.now = 1000.0
         self.rng = random.Random(seed)
         self.loss = loss
+        self.ecn = ecn
+        # What the link does to the ECN codepoint of a datagram bound for "server" or
+        # "client": the codepoint it arrives with, or None to drop it. By default it
+        # arrives as sent.
+        self.remark = lambda receiver_name, codepoint: codepoint
         client_params = default_local_parameters()
         server_tp = default_local_parameters()
         for name, value in server_params.items():
@@ -56,6 +62,7 @@ class Pair:
                 local_params=client_params,
                 version=version,
                 compatible_versions=client_compatible,
+                ecn=ecn,
             ),
             dcid=os.urandom(8),
             scid=os.urandom(8),
@@ -77,6 +84,7 @@ class Pair:
                 local_params=self._server_params,
                 version=header.version,
                 compatible_versions=self._server_compatible,
+                ecn=self.ecn,
             ),
             dcid=header.scid,
             scid=os.urandom(8),
@@ -100,6 +108,7 @@ class Pair:
                 deadline = sender.next_deadline()
                 if deadline is not None and deadline <= self.now:
                     sender.handle_timer(self.now)
+                codepoint = sender.ecn_codepoint
                 for datagram in sender.datagrams_to_send(self.now):
                     moved += 1
                     if self.server is None:
@@ -107,7 +116,10 @@ class Pair:
                     if self.rng.random() < self.loss:
                         continue
                     receiver = self.server if receiver_name == "server" else self.client
-                    receiver.receive_datagram(datagram, addr, self.now)
+                    ecn = self.remark(receiver_name, codepoint)
+                    if ecn is None:
+                        continue
+                    receiver.receive_datagram(datagram, addr, self.now, ecn)
         return moved
 
     def run_until(self, condition, limit: int = 20000) -> None:
@@ -674,10 +686,10 @@ def test_grease_quic_bit_is_varied_only_toward_a_peer_that_allows_it() -> None:
     seen: list[int] = []
     original = pair.client.receive_datagram
 
-    def spy(datagram, addr, now) -> None:
+    def spy(datagram, addr, now, *ecn) -> None:
         if not datagram[0] & 0x80:
             seen.append(datagram[0] & 0x40)
-        original(datagram, addr, now)
+        original(datagram, addr, now, *ecn)
 
     pair.client.receive_datagram = spy
     pair.handshake()

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from quic import recovery
 from quic.cong import Cubic, NewReno, kMinimumWindow
+from quic.ecn import ECT_0, NOT_ECT, EcnState
 from quic.errors import QuicError, TransportError
 from quic.recovery import (
     LossRecovery,
@@ -468,7 +469,7 @@ def test_ecn_ce_reduces_window_once_per_rtt():
     assert conn.cc.congestion_window == 6000
     conn.ack(APP, [c.packet_number], 0.31, ecn=(1, 0, 2))  # sent before the reduction
     assert conn.cc.congestion_window == 6000
-    assert not conn.rec.ecn_failed
+    assert conn.rec.ecn.state != EcnState.FAILED
 
 
 def test_ecn_validation_fails_when_counts_decrease():
@@ -478,7 +479,7 @@ def test_ecn_validation_fails_when_counts_decrease():
     b = conn.send(APP, 0.2, ect=True)
     res = conn.ack(APP, [a.packet_number, b.packet_number], 0.3, ecn=(0, 0, 1))
     assert res.ecn_failed
-    assert conn.rec.ecn_failed
+    assert conn.rec.ecn.state == EcnState.FAILED
     assert conn.cc.congestion_window == 12000  # invalid counts signal nothing
     # Once failed, later ACKs are not validated again.
     conn.send(APP, 0.4, ect=True)
@@ -510,7 +511,7 @@ def test_ecn_unmarked_packets_need_no_counts():
     conn = Conn()
     conn.send(APP, 0.0)
     res = conn.ack(APP, [0], 0.1)
-    assert not res.ecn_failed and not conn.rec.ecn_failed
+    assert not res.ecn_failed and conn.rec.ecn.state != EcnState.FAILED
 
 
 def test_ecn_not_validated_on_ack_that_does_not_raise_largest():
@@ -520,6 +521,63 @@ def test_ecn_not_validated_on_ack_that_does_not_raise_largest():
     # Reordered older ACK: counts look short, but it is not validated.
     res = conn.ack(APP, [a.packet_number], 0.1, ecn=(0, 0, 0))
     assert not res.ecn_failed
+
+
+def test_ecn_validation_succeeds_when_marks_are_counted():
+    conn = Conn()
+    assert conn.rec.ecn.state == EcnState.TESTING
+    assert conn.rec.ecn.codepoint == ECT_0
+    sent = [conn.send(APP, 0.0, ect=True) for _ in range(3)]
+    conn.ack(APP, pns(sent[:1]), 0.1, ecn=(1, 0, 0))
+    assert conn.rec.ecn.state == EcnState.CAPABLE
+    # CE counts as a mark that arrived; validation holds and the window halves.
+    assert not conn.ack(APP, pns(sent), 0.2, ecn=(2, 0, 1)).ecn_failed
+    assert conn.rec.ecn.state == EcnState.CAPABLE
+    assert conn.cc.congestion_window == 6000
+
+
+def test_ecn_failure_stops_marking():
+    conn = Conn()
+    conn.send(APP, 0.0, ect=True)
+    conn.ack(APP, [0], 0.1, ecn=(0, 0, 0))  # bleached
+    assert conn.rec.ecn.codepoint == NOT_ECT
+
+
+def test_ecn_counts_checked_per_space():
+    conn = Conn(confirmed=False)
+    conn.send(INITIAL, 0.0, ect=True)
+    conn.ack(INITIAL, [0], 0.1, ecn=(1, 0, 0))
+    conn.send(HANDSHAKE, 0.1, ect=True)
+    # The Handshake space's counts start from zero, not from the Initial space's.
+    assert not conn.ack(HANDSHAKE, [0], 0.2, ecn=(1, 0, 0)).ecn_failed
+    assert conn.rec.ecn.state == EcnState.CAPABLE
+
+
+def test_ecn_stops_marking_after_probe_timeouts_while_testing():
+    conn = Conn()
+    conn.send(APP, 0.0, ect=True)
+    for _ in range(2):
+        deadline = conn.rec.loss_detection_deadline()
+        assert conn.rec.on_loss_detection_timeout(deadline).probe_count
+    assert conn.rec.ecn.state == EcnState.FAILED
+
+
+def test_ecn_probe_timeouts_after_validation_keep_marking():
+    conn = Conn()
+    conn.send(APP, 0.0, ect=True)
+    conn.ack(APP, [0], 0.1, ecn=(1, 0, 0))
+    conn.send(APP, 0.2, ect=True)
+    for _ in range(3):
+        conn.rec.on_loss_detection_timeout(conn.rec.loss_detection_deadline())
+    assert conn.rec.ecn.state == EcnState.CAPABLE
+
+
+def test_ecn_disabled_never_marks_nor_validates():
+    rec = LossRecovery(NewReno(MSS), is_client=False, ecn=False)
+    assert rec.ecn.state == EcnState.DISABLED
+    assert rec.ecn.codepoint == NOT_ECT
+    rec.on_new_path()
+    assert rec.ecn.state == EcnState.DISABLED
 
 
 def test_initial_rtt_and_pto_interval():
@@ -534,11 +592,13 @@ def test_initial_rtt_and_pto_interval():
 def test_on_new_path_resets_estimates():
     conn = Conn()
     conn.sample(0.05)
-    conn.rec.ecn_failed = True
+    conn.send(APP, 0.2, ect=True)
+    conn.ack(APP, [1], 0.3)  # marks acknowledged without counts: validation fails
+    assert conn.rec.ecn.state == EcnState.FAILED
     conn.rec.on_new_path()
     assert conn.rec.rtt.smoothed_rtt == kInitialRtt
     assert conn.cc.smoothed_rtt == kInitialRtt
-    assert not conn.rec.ecn_failed
+    assert conn.rec.ecn.state != EcnState.FAILED
     assert conn.cc.congestion_window == 12000
 
 
