@@ -8,6 +8,7 @@ and the packet number are read again after :mod:`quic.crypto` removes the mask.
 from __future__ import annotations
 
 import hmac
+import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -282,9 +283,14 @@ def peek_dcid(datagram: bytes | bytearray | memoryview, short_dcid_len: int) -> 
     return reader.bytes(short_dcid_len)
 
 
+# The greased bit only has to be unpredictable enough that middleboxes cannot rely on
+# it (RFC 9287 §3); a per-packet system call for it cost more than sealing the packet.
+_grease_bits = random.Random(secrets.randbits(64)).getrandbits
+
+
 def _fixed_bit(grease_fixed_bit: bool) -> int:
     """The fixed bit: 1, or random once the peer advertised grease_quic_bit (RFC 9287)."""
-    return secrets.randbits(1) << 6 if grease_fixed_bit else FIXED_BIT
+    return _grease_bits(1) << 6 if grease_fixed_bit else FIXED_BIT
 
 
 def encode_long_header(
