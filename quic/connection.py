@@ -1817,6 +1817,13 @@ class Connection:
         stream = self.streams.get(sid)
         return 0 if stream is None or stream.send is None else stream.send.room()
 
+    def stream_send_low_watermark(self, sid: int) -> int:
+        """Free buffer bytes a blocked writer waits for: a quarter of the stream's send
+        buffer, so it wakes once per many ACKs, not on each (the kernel's
+        sk_stream_wspace rule is alike)."""
+        stream = self.streams.get(sid)
+        return 1 if stream is None or stream.send is None else max(1, stream.send.buffer_limit // 4)
+
     def unacked_stream_data(self) -> bool:
         """Whether any stream still has data or a FIN the peer has not acknowledged."""
         for stream in self.streams.streams.values():

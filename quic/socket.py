@@ -66,6 +66,7 @@ QUIC_MIN_PROBE_TIMEOUT = 5_000_000
 AncData = list[tuple[int, int, bytes]]
 
 
+
 def _err(code: int, message: str | None = None) -> OSError:
     return OSError(code, message or os.strerror(code))
 
@@ -109,6 +110,7 @@ class QuicSocket:
         self._backlog = 0
         self._extra_routes: list[bytes] = []
         self._waiters = 0  # threads blocked in _wait
+        self._checks: list = []  # the pure predicates some of them wait on
         self._new_tunnel: Tunnel | None = None  # a local address being migrated to
         self._old_tunnels: list[Tunnel] = []
         # Server: the preferred address's UDP endpoint, and whether the client uses it.
@@ -158,8 +160,13 @@ class QuicSocket:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _wait(self, ready, deadline: float | None, flags: int = 0) -> None:
-        """Block until ``ready()`` holds, under the lock; EAGAIN when non-blocking."""
+    def _wait(self, ready, deadline: float | None, flags: int = 0, pure: bool = False) -> None:
+        """Block until ``ready()`` holds, under the lock; EAGAIN when non-blocking.
+
+        A ``pure`` predicate (no side effects; raising OSError counts as ready) is
+        checked by :meth:`flush` before it wakes anyone, so a thread is not woken
+        to find it still has to wait: each wake-up costs a GIL hand-over.
+        """
         while not ready():
             if flags & uapi.MSG_DONTWAIT or self._timeout == 0.0:
                 raise _err(errno.EAGAIN)
@@ -167,10 +174,26 @@ class QuicSocket:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(errno.ETIMEDOUT, "timed out")
             self._waiters += 1
+            if pure:
+                self._checks.append(ready)
             try:
                 self._cond.wait(remaining)
             finally:
                 self._waiters -= 1
+                if pure:
+                    self._checks.remove(ready)
+
+    def _wake_due(self) -> bool:
+        """Whether a blocked thread could go on now (see :meth:`_wait`)."""
+        if self._waiters > len(self._checks):
+            return True
+        for ready in self._checks:
+            try:
+                if ready():
+                    return True
+            except OSError:
+                return True
+        return False
 
     def _deadline(self) -> float | None:
         return None if self._timeout is None else time.monotonic() + self._timeout
@@ -435,7 +458,7 @@ class QuicSocket:
                 self._finish()
             else:
                 self.tunnel.schedule(self, conn.next_deadline())
-            if self._waiters:  # most flushes have no thread to wake: skip the call
+            if self._waiters and self._wake_due():
                 self._cond.notify_all()
             self._update_ready()
 
@@ -681,13 +704,15 @@ class QuicSocket:
             deadline = self._deadline()
 
             def has_room() -> bool:
-                # A bare FIN needs no buffer space; data needs at least one byte of it.
-                needed = 1 if sent < len(view) else 0
-                return self._check_alive().stream_send_room(sid) >= needed
+                # A bare FIN needs no buffer space; data waits for the low watermark
+                # (or for room for all it has left), so one wake-up moves a lot.
+                conn = self._check_alive()
+                needed = min(len(view) - sent, conn.stream_send_low_watermark(sid))
+                return conn.stream_send_room(sid) >= needed
 
             while True:
                 try:
-                    self._wait(has_room, deadline, flags)
+                    self._wait(has_room, deadline, flags, pure=True)
                 except OSError as exc:
                     if exc.errno == errno.EAGAIN and sent:
                         break
@@ -770,7 +795,7 @@ class QuicSocket:
             conn = self.conn
             if conn is None:
                 raise _err(errno.ENOTCONN)
-            self._wait(lambda: self._readable(), self._deadline(), flags)
+            self._wait(self._readable, self._deadline(), flags, pure=True)
             peer = conn.peer_addr
             try:
                 if conn.notifications and self._event_due(conn):
