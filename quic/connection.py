@@ -95,6 +95,10 @@ MAX_QUEUED_DATAGRAMS = 256
 # the lost probes that condemn a probe size (RFC 8899 §4.3). A PTO probe carries data at
 # full size when there is some, so in a black hole nothing at all comes back.
 BLACK_HOLE_PTO_COUNT = MAX_PROBES
+# Full-sized packets declared lost with none acknowledged in between that also reveal
+# one: small packets (ACKs, PINGs) that do get through reset the PTO count, so PTOs
+# alone miss a black hole that only swallows the large ones.
+BLACK_HOLE_LOSSES = MAX_PROBES
 
 INITIAL, HANDSHAKE, APP, EARLY = (
     uapi.QUIC_CRYPTO_INITIAL,
@@ -260,6 +264,7 @@ class Connection:
         self._non_probing = False
         self.migrated_local = False
         self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
+        self.large_losses = 0  # see BLACK_HOLE_LOSSES
         self.last_ping = 0.0  # when an ACK-only packet last carried a PING
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
@@ -785,9 +790,25 @@ class Connection:
         for pkt in result.lost:
             for rec in pkt.frames:
                 self._record_lost(rec)
+        if self.plpmtud is not None and (result.lost or self.large_losses):
+            self._count_large_losses(result.acked, result.lost)
         if self.trace is not None:
             self._trace_recovery(result.lost)
         return False
+
+    def _count_large_losses(self, acked: list[SentPacket], lost: list[SentPacket]) -> None:
+        """RFC 8899 §4.3 black hole detection by loss: see BLACK_HOLE_LOSSES."""
+        if any(p.sent_bytes > BASE_PLPMTU for p in acked):
+            self.large_losses = 0
+            return
+        self.large_losses += sum(
+            1 for p in lost if p.sent_bytes > BASE_PLPMTU and not p.is_pmtu_probe
+        )
+        if self.large_losses >= BLACK_HOLE_LOSSES:
+            self.large_losses = 0
+            if self.plpmtud.on_black_hole():
+                log.info("PLPMTUD: large packets lost, small ones acknowledged: black hole")
+                self._set_max_datagram_size(BASE_PLPMTU)
 
     def _on_crypto(self, frame: Crypto, level: int, now: float) -> bool:
         stream = self.crypto[level if level != EARLY else APP]
