@@ -1423,8 +1423,13 @@ class Connection:
                 return None
             if level == APP:
                 used = self._ping_now_and_then(parts, records, now)
-        elif ack_part is None:
+        elif ack_part is None and space.unreported:
+            # Not due, but free to ride along if it fits: it spares a later ACK-only
+            # packet. Only when it says something new: repeating the same ranges in
+            # every packet cost both ends about a tenth of their per-packet time.
             ack_part = self._ack_frame(level, space_id, now, force=True)
+            if ack_part is not None and len(ack_part) > room - used:
+                ack_part = None
         if ack_part is not None:
             parts.insert(0, ack_part)
             records.append((REC_ACK, space_id, space.ranges[-1][1]))
@@ -1463,7 +1468,7 @@ class Connection:
 
     def _ack_frame(self, level: int, space_id: int, now: float, force: bool) -> bytes | None:
         space = self.spaces[space_id]
-        if not space.ranges or (not space.ack_eliciting_unacked and not force):
+        if not space.unreported or (not space.ack_eliciting_unacked and not force):
             return None
         delay = 0
         if level == APP:

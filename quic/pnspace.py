@@ -32,6 +32,7 @@ class PnSpace:
         "largest_received_time",
         "next_pn",
         "ranges",
+        "unreported",
     )
 
     def __init__(self) -> None:
@@ -44,6 +45,7 @@ class PnSpace:
         self.largest_received_time = 0.0
         self.ack_eliciting_unacked = 0
         self.ack_immediately = False
+        self.unreported = False  # a packet arrived that no ACK of ours has listed yet
         # ECT(0), ECT(1), CE counts of the packets received (RFC 9000 §13.4.1); None
         # until a marked one arrives, so ACKs carry counts only on paths that mark.
         self.ecn_counts: list[int] | None = None
@@ -74,6 +76,7 @@ class PnSpace:
         ``ecn`` is the ECN codepoint of the datagram that carried it.
         """
         ranges = self.ranges
+        self.unreported = True
         if pn > self.largest_received:
             if pn != self.largest_received + 1 and self.largest_received >= 0:
                 # A gap: RFC 9000 §13.2.1 asks for an immediate ACK on reordering.
@@ -133,6 +136,7 @@ class PnSpace:
     def on_ack_sent(self) -> None:
         self.ack_eliciting_unacked = 0
         self.ack_immediately = False
+        self.unreported = False
 
     def on_ack_of_ack(self, largest_in_ack: int) -> None:
         """The peer got an ACK of ours covering up to ``largest_in_ack``: stop repeating those
