@@ -1,4 +1,5 @@
 """An independent QUIC peer for interop tests: aioquic speaking hq-interop (HTTP/0.9).
+(tests.interop.qh3_peer runs the same commands on qh3.)
 
 Runs in its own process so that it shares nothing with kquic but the network:
 
@@ -6,34 +7,54 @@ Runs in its own process so that it shares nothing with kquic but the network:
                                          [--max-udp-payload-size N]
     python -m tests.interop.aioquic_peer client https://127.0.0.1:P/file ... --output DIR
     python -m tests.interop.aioquic_peer perf-server --port P --cert C --key K
-    python -m tests.interop.aioquic_peer perf-client --port P (--send N | --recv N)
+    python -m tests.interop.aioquic_peer perf-client --port P (--send N | --recv N) [--streams S]
+    python -m tests.interop.aioquic_peer handshake-client --port P --count N
     python -m tests.interop.aioquic_peer datagram-server --port P --cert C --key K
     python -m tests.interop.aioquic_peer datagram-client --port P --count N
 
 The server prints ``ready <port>`` once listening. The client exits 0 only if every
-file arrived. The perf pair moves N bytes on one stream and prints a JSON line. The datagram server
-echoes each DATAGRAM frame (RFC 9221); the datagram client sends N, resending those
-not yet echoed, and prints how many came back.
+file arrived. The perf pair moves N bytes over S streams and prints a JSON line, as
+kquic-perf does; the handshake client makes N handshakes in a row against a perf server
+and prints a JSON line of their latencies. Every command takes --max-datagram-size
+(1200 by default). The datagram server echoes each DATAGRAM frame (RFC 9221); the
+datagram client sends N, resending those not yet echoed, and prints how many came back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
+import importlib
 import json
+import os
 import ssl
 import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from aioquic import tls
-from aioquic.asyncio import QuicConnectionProtocol, connect, serve
-from aioquic.quic import connection as aioquic_connection
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import DatagramFrameReceived, StreamDataReceived
-from aioquic.quic.packet import QuicProtocolVersion
+# The library this peer runs on: aioquic, or qh3 (a fork of aioquic with the same API),
+# which tests.interop.qh3_peer selects before importing this module.
+LIBRARY = os.environ.get("QUIC_PEER_LIBRARY", "aioquic")
+if LIBRARY not in ("aioquic", "qh3"):
+    raise SystemExit(f"QUIC_PEER_LIBRARY: aioquic or qh3, not {LIBRARY!r}")
+
+
+def _library(module: str):
+    return importlib.import_module(f"{LIBRARY}.{module}")
+
+
+tls = _library("tls")
+QuicConnectionProtocol = _library("asyncio").QuicConnectionProtocol
+connect = _library("asyncio").connect
+serve = _library("asyncio").serve
+library_connection = _library("quic.connection")
+QuicConfiguration = _library("quic.configuration").QuicConfiguration
+DatagramFrameReceived = _library("quic.events").DatagramFrameReceived
+StreamDataReceived = _library("quic.events").StreamDataReceived
+QuicProtocolVersion = _library("quic.packet").QuicProtocolVersion
 
 ALPN = "hq-interop"
 PERF_ALPN = "perf"
@@ -139,8 +160,8 @@ async def datagram_client(args: argparse.Namespace) -> int:
 def advertise_max_udp_payload_size(size: int) -> None:
     """aioquic has no setting for this transport parameter and sends none (65527 by
     default): fill it in where aioquic builds its own parameters."""
-    aioquic_connection.QuicTransportParameters = functools.partial(
-        aioquic_connection.QuicTransportParameters, max_udp_payload_size=size
+    library_connection.QuicTransportParameters = functools.partial(
+        library_connection.QuicTransportParameters, max_udp_payload_size=size
     )
 
 
@@ -148,7 +169,10 @@ async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
     if args.max_udp_payload_size:
         advertise_max_udp_payload_size(args.max_udp_payload_size)
     config = QuicConfiguration(
-        is_client=False, alpn_protocols=[alpn], max_datagram_frame_size=65536
+        is_client=False,
+        alpn_protocols=[alpn],
+        max_datagram_frame_size=65536,
+        max_datagram_size=args.max_datagram_size,
     )
     config.load_cert_chain(args.cert, args.key)
     if protocol is HqServer:
@@ -169,7 +193,11 @@ async def run_server(args: argparse.Namespace, alpn: str, protocol) -> None:
 
 
 def client_config(args: argparse.Namespace, alpn: str) -> QuicConfiguration:
-    config = QuicConfiguration(is_client=True, alpn_protocols=[alpn])
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=[alpn], max_datagram_size=args.max_datagram_size
+    )
+    if LIBRARY == "qh3":  # its client discovers the path MTU by default, from 1280
+        config.probe_datagram_size = args.max_datagram_size > 1200
     if getattr(args, "prefer_v2", False):
         # Start in v1 and offer v2 first: compatible version negotiation (RFC 9368).
         config.original_version = QuicProtocolVersion.VERSION_1
@@ -261,39 +289,123 @@ async def fetch_batch(args, urls: list[str], out: Path, tickets: list | None, ti
     return all(results)
 
 
+class PerfClient(QuicConnectionProtocol):
+    """Notes the largest datagram sent or received (the size the bulk data moved in),
+    and which streams ended with FIN (a reader also ends when the connection dies)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.finished: set[int] = set()
+        self.largest_datagram = 0
+        to_send = self._quic.datagrams_to_send
+
+        def datagrams_to_send(now: float) -> list:
+            datagrams = to_send(now=now)
+            for data, _ in datagrams:
+                self.largest_datagram = max(self.largest_datagram, len(data))
+            return datagrams
+
+        self._quic.datagrams_to_send = datagrams_to_send
+
+    def datagram_received(self, data, addr) -> None:
+        self.largest_datagram = max(self.largest_datagram, len(data))
+        super().datagram_received(data, addr)
+
+    def datagrams_received(self, data, addr) -> None:  # qh3's batched receive
+        self.largest_datagram = max(self.largest_datagram, *map(len, data))
+        super().datagrams_received(data, addr)
+
+    def quic_event_received(self, event) -> None:
+        if isinstance(event, StreamDataReceived) and event.end_stream:
+            self.finished.add(event.stream_id)
+        super().quic_event_received(event)
+
+
+async def perf_stream(proto: PerfClient, upload: int, download: int) -> int:
+    """One perf stream: ask for ``download`` bytes, send ``upload``, read to the FIN."""
+    reader, writer = await proto.create_stream()
+    writer.write(download.to_bytes(8, "big"))
+    sent = 0
+    block = bytes(CHUNK)
+    while sent < upload:
+        n = min(CHUNK, upload - sent)
+        writer.write(block[:n])
+        sent += n
+        if sent % (CHUNK * 16) == 0:
+            await asyncio.sleep(0)  # let the loop send: neither library's drain() waits
+    writer.write_eof()
+    received = 0
+    while data := await reader.read(CHUNK):
+        received += len(data)
+    if writer.get_extra_info("stream_id") not in proto.finished:
+        raise ConnectionError("the connection ended before the stream's FIN")
+    return sent + received
+
+
 async def perf_client(args: argparse.Namespace) -> int:
-    start = time.monotonic()
-    async with connect(args.host, args.port, configuration=client_config(args, PERF_ALPN)) as proto:
+    """SEND or RECV bytes split over ``--streams`` concurrent streams; one JSON line with
+    the figures kquic-perf prints (CPU seconds of this process from connect to close)."""
+    config = client_config(args, PERF_ALPN)
+    per_up, per_down = args.send // args.streams, args.recv // args.streams
+    cpu0, start = time.process_time(), time.monotonic()
+    async with connect(
+        args.host, args.port, configuration=config, create_protocol=PerfClient
+    ) as proto:
         hs = time.monotonic() - start
-        reader, writer = await proto.create_stream()
         t0 = time.monotonic()
-        writer.write((args.recv or 0).to_bytes(8, "big"))
-        sent = 0
-        block = bytes(CHUNK)
-        while sent < (args.send or 0):
-            n = min(CHUNK, args.send - sent)
-            writer.write(block[:n])
-            sent += n
-            if sent % (CHUNK * 16) == 0:
-                await writer.drain()
-        writer.write_eof()
-        received = 0
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                break
-            received += len(data)
+        moved = sum(
+            await asyncio.gather(
+                *(perf_stream(proto, per_up, per_down) for _ in range(args.streams))
+            )
+        )
         seconds = time.monotonic() - t0
-    moved = sent + received
     print(
         json.dumps(
             {
-                "impl": "aioquic",
+                "impl": LIBRARY,
                 "bytes": moved,
                 "seconds": round(seconds, 4),
                 "MBps": round(moved / seconds / 1e6, 2),
                 "handshake_ms": round(hs * 1000, 2),
-                "cpu_seconds": round(time.process_time(), 3),
+                "cpu_seconds": round(time.process_time() - cpu0, 3),
+                "streams": args.streams,
+                "max_datagram_size": proto.largest_datagram,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+async def handshake_client(args: argparse.Namespace) -> int:
+    """COUNT full handshakes one after another, each a new connection on a new UDP
+    socket, timed from opening it to the handshake's completion. Each connection is
+    closed (CONNECTION_CLOSE) as soon as its handshake completes and goes through its
+    closing period in the background, as a closed kquic socket does: the figure is
+    handshakes, not closing timers. One untimed connection first pays the one-time
+    costs (lazy imports, loading the CA). One JSON line: latencies, total seconds, CPU."""
+    config = client_config(args, PERF_ALPN)
+    async with connect(args.host, args.port, configuration=config):
+        pass
+    latencies, closing = [], []
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(args.count):
+        start = time.perf_counter()
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(connect(args.host, args.port, configuration=config))
+        latencies.append(time.perf_counter() - start)
+        closing.append(asyncio.create_task(stack.aclose()))
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    await asyncio.gather(*closing)
+    print(
+        json.dumps(
+            {
+                "impl": LIBRARY,
+                "handshakes": len(latencies),
+                "seconds": round(seconds, 4),
+                "latency_ms": [round(x * 1000, 3) for x in latencies],
+                "cpu_seconds": round(cpu, 3),
             }
         ),
         flush=True,
@@ -304,6 +416,7 @@ async def perf_client(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="aioquic_peer")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    servers = []
     for name in ("server", "perf-server", "datagram-server"):
         p = sub.add_parser(name)
         p.add_argument("--host", default="127.0.0.1")
@@ -313,6 +426,7 @@ def main() -> int:
         p.add_argument("--key", required=True)
         p.add_argument("--retry", action="store_true")
         p.add_argument("--max-udp-payload-size", type=int, default=0)
+        servers.append(p)
     c = sub.add_parser("client")
     c.add_argument("urls", nargs="+")
     c.add_argument("--output", required=True)
@@ -325,15 +439,29 @@ def main() -> int:
     pc.add_argument("--port", type=int, required=True)
     pc.add_argument("--send", type=int, default=0)
     pc.add_argument("--recv", type=int, default=0)
+    pc.add_argument("--streams", type=int, default=1)
+    hc = sub.add_parser("handshake-client")
+    hc.add_argument("--host", default="127.0.0.1")
+    hc.add_argument("--port", type=int, required=True)
+    hc.add_argument("--count", type=int, default=100)
     dc = sub.add_parser("datagram-client")
     dc.add_argument("--host", default="127.0.0.1")
     dc.add_argument("--port", type=int, required=True)
     dc.add_argument("--count", type=int, default=10)
-    for p in (c, pc, dc):
+    for p in (c, pc, dc, hc):
         p.add_argument("--ca")
         p.add_argument("--server-name", default="server.test")
         p.add_argument("--timeout", type=float, default=60)
+    for p in (*servers, c, pc, dc, hc):
+        p.add_argument(
+            "--max-datagram-size",
+            type=int,
+            default=1200,
+            help="largest datagram to send (qh3 discovers the path MTU up to it when > 1200)",
+        )
     args = parser.parse_args()
+    if getattr(args, "streams", 1) < 1:
+        parser.error("--streams must be at least 1")
     try:
         if args.cmd == "server":
             asyncio.run(run_server(args, ALPN, HqServer))
@@ -345,6 +473,8 @@ def main() -> int:
             return asyncio.run(fetch(args))
         elif args.cmd == "datagram-client":
             return asyncio.run(datagram_client(args))
+        elif args.cmd == "handshake-client":
+            return asyncio.run(handshake_client(args))
         else:
             return asyncio.run(perf_client(args))
     except (TimeoutError, ConnectionError, OSError) as exc:

@@ -184,10 +184,15 @@ class LossyRelay:
             self.old_back[0].close()
 
 
+PEERS = {"aioquic": "tests.interop.aioquic_peer", "qh3": "tests.interop.qh3_peer"}
+
+
 def perf_commands(impl: str, pki, direction: str, nbytes: int) -> tuple[list[str], Callable]:
-    """The perf server command of ``impl`` ("kquic" or "aioquic"), and a function giving
-    the matching client command for the server's port."""
+    """The perf server command of ``impl`` ("kquic", "aioquic" or "qh3"), and a function
+    giving the matching client command for the server's port. Every client verifies the
+    server's certificate."""
     cert = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    trust = ["--ca", str(pki.ca), "--server-name", "server.test"]
     if impl == "kquic":
         server = python("-m", "kquic_tools.perf", "server", "--listen", "127.0.0.1:0", *cert)
         return server, lambda port: python(
@@ -197,20 +202,11 @@ def perf_commands(impl: str, pki, direction: str, nbytes: int) -> tuple[list[str
             f"127.0.0.1:{port}",
             f"--{direction}",
             str(nbytes),
-            "--ca",
-            str(pki.ca),
-            "--server-name",
-            "server.test",
+            *trust,
         )
-    server = python("-m", "tests.interop.aioquic_peer", "perf-server", "--port", "0", *cert)
+    server = python("-m", PEERS[impl], "perf-server", "--port", "0", *cert)
     return server, lambda port: python(
-        "-m",
-        "tests.interop.aioquic_peer",
-        "perf-client",
-        "--port",
-        str(port),
-        f"--{direction}",
-        str(nbytes),
+        "-m", PEERS[impl], "perf-client", "--port", str(port), f"--{direction}", str(nbytes), *trust
     )
 
 

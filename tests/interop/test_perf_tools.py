@@ -1,5 +1,5 @@
 """kquic-perf and the aioquic perf peer in smoke mode: small transfers, both directions,
-several streams. The figures are printed by bench/throughput.py, never asserted here."""
+several streams. The figures are printed by bench/suite.py, never asserted here."""
 
 from __future__ import annotations
 
