@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -60,8 +60,11 @@ from .frame import (
 )
 from .migration import MAX_CHALLENGES, PathCheck, same_host, validation_timeout
 from .packet import (
+    FIXED_BIT,
+    HEADER_FORM_BIT,
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
+    Header,
     PacketType,
     encode_long_header,
     encode_short_header,
@@ -533,7 +536,7 @@ class Connection:
             self.close_pending = True
             return
         fixed_bit = not (self.local_params.grease_quic_bit)
-        packets = iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
+        packets = self._packets_of(data, fixed_bit)
         moved = addr != self.peer_addr
         self._packet_addr = addr
         self._non_probing = False
@@ -557,6 +560,24 @@ class Connection:
             self._on_stateless_reset(now)
         elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
             self._on_peer_address_change(addr, len(data), now)
+
+    def _packets_of(self, data: bytes, fixed_bit: bool) -> Iterator[Header]:
+        """The packets of a datagram. Most datagrams of an established connection are
+        one short-header packet, which takes the whole datagram and whose header is the
+        first byte and our CID: that case skips the general parser."""
+        cid_end = 1 + self.config.cid_length
+        first = data[0] if data else HEADER_FORM_BIT
+        if first & HEADER_FORM_BIT or len(data) <= cid_end or (fixed_bit and not first & FIXED_BIT):
+            return iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
+        header = Header(
+            PacketType.ONE_RTT,
+            0,
+            bytes(data[1:cid_end]),
+            first_byte=first,
+            pn_offset=cid_end,
+            packet_end=len(data),
+        )
+        return iter((header,))
 
     def _on_stateless_reset(self, now: float) -> None:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""

@@ -37,6 +37,7 @@ from .ecn import ECN_MASK, ECT_0, NOT_ECT
 from .errors import QuicError
 from .packet import (
     FIXED_BIT,
+    HEADER_FORM_BIT,
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
     Header,
@@ -350,6 +351,11 @@ class Tunnel:
         or answered here)."""
         if not data:
             return None
+        if not data[0] & HEADER_FORM_BIT:
+            # Nearly every datagram: a short header, whose DCID is ours at a fixed place.
+            endpoint = self.routes.get(data[1 : 1 + self.cid_length])
+            if endpoint is not None:
+                return endpoint
         try:
             # The QUIC bit may be greased (RFC 9287): the connection, which knows whether
             # it allowed that, checks it; a new connection's first Initial must have it.
