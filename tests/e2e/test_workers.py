@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from handshake.libquic import quic_client_handshake
+from handshake.libquic import HandshakeResult, quic_client_handshake
 from quic import uapi
 from quic.reuseport import open_group
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
@@ -49,16 +49,31 @@ def workers_port(pki):
         server.stop()
 
 
+def connect(
+    port: int, pki, ticket: bytes = b"", **handshake: object
+) -> tuple[QuicSocket, HandshakeResult]:
+    """A client after its handshake, resuming from ``ticket`` if given."""
+    sock = QuicSocket()
+    sock.settimeout(TIMEOUT)
+    if ticket:
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, ticket)
+    sock.connect(("127.0.0.1", port))
+    result = quic_client_handshake(
+        sock, None, "server.test", "perf", ca_file=str(pki.ca), timeout=TIMEOUT, **handshake
+    )
+    return sock, result
+
+
+def worker_of(sock: QuicSocket) -> int:
+    """The worker the client's current Destination Connection ID steers to."""
+    return sock.conn.dest_cids.active.cid[0] % WORKERS
+
+
 def download(port: int, pki, size: int, migrate: bool = False) -> tuple[int, bool]:
     """Fetch ``size`` bytes over the perf protocol; the index of the worker that served,
     and whether the client ended on another port and connection ID than it began."""
-    sock = QuicSocket()
-    sock.settimeout(TIMEOUT)
+    sock, _ = connect(port, pki)
     try:
-        sock.connect(("127.0.0.1", port))
-        quic_client_handshake(
-            sock, None, "server.test", "perf", ca_file=str(pki.ca), timeout=TIMEOUT
-        )
         flags = uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN
         quic_sendmsg(sock, size.to_bytes(8, "big"), 0, flags)
         first_port, received = sock.getsockname()[1], 0
@@ -77,7 +92,7 @@ def download(port: int, pki, size: int, migrate: bool = False) -> tuple[int, boo
         assert received == size
         active = sock.conn.dest_cids.active
         moved = sock.getsockname()[1] != first_port and active.sequence > 0
-        return active.cid[0] % WORKERS, moved
+        return worker_of(sock), moved
     finally:
         sock.close()
 
@@ -111,3 +126,21 @@ def test_an_active_migration_keeps_each_connection_on_its_worker(workers_port, p
             pool.map(lambda _: download(workers_port, pki, DOWNLOAD, migrate=True), range(4))
         )
     assert all(moved for _, moved in results)
+
+
+def test_a_session_ticket_resumes_on_either_worker(workers_port, pki) -> None:
+    """The workers share the listener's ticket key: a client resumes wherever its random
+    first DCID lands it, which in ten tries is the other worker but 1 time in 1024."""
+    first, result = connect(workers_port, pki, receive_ticket=2)
+    home = worker_of(first)
+    first.close()
+    assert result.session_data
+    served = []
+    for _ in range(10):
+        sock, again = connect(workers_port, pki, result.session_data)
+        served.append(worker_of(sock))
+        sock.close()
+        assert again.resumed
+        if served[-1] != home:
+            break
+    assert set(served) - {home}
