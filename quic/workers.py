@@ -162,7 +162,7 @@ class _Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        for pid in self.pids:
+        for pid in list(self.pids):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
