@@ -4,8 +4,9 @@ For each worker count, ``kquic-perf server --workers N`` on loopback serves CLIE
 client processes at once, twice: each client downloads SIZE bytes (aggregate MB/s:
 all the bytes over the longest client's transfer time, so that process start-up,
 which is not the server's, does not count), then each makes handshakes back to back
-for SECONDS (handshakes per second, all clients together). Clients and workers share the machine's cores, so the figures say how far
-the server spreads, on this machine, not what a separate client fleet would see.
+for SECONDS (handshakes per second, all clients together). Clients and workers
+share the machine's cores, so the figures say how far the server spreads on this
+machine, not what a separate client fleet would see.
 
     python bench/workers.py [--workers 1 2] [--clients 4] [--size 20M] [--seconds 5]
 """
