@@ -10,6 +10,7 @@ from collections.abc import Callable
 from quic import uapi
 from quic.path import PROBE_TIMER
 from quic.socket import QuicSocket
+from quic.workers import serve_workers
 
 # --plpmtud's probe interval (µs): RFC 8899's recommended PROBE_TIMER. Probes lost on
 # a busy path are found sooner by loss detection; the timer only bounds the wait.
@@ -48,12 +49,34 @@ def serve_forever(
     qlog: str | None = None,
     retry: bool = False,
     plpmtud: bool = False,
+    workers: int = 1,
 ) -> int:
     """Listen on ``listen`` for ``alpn``, print ``ready PORT`` (scripts and tests wait for
     it), and run ``handle`` for each accepted connection in its own thread. With
     ``retry`` every client must first prove its address with a Retry token; with
-    ``plpmtud`` connections discover the path MTU."""
-    host, port = listen
+    ``plpmtud`` connections discover the path MTU. With ``workers`` above 1, that many
+    processes share the port (``quic.workers``), each running this loop; ``ready``
+    comes once all of them listen."""
+
+    def serve(address: tuple, announce: bool) -> int:
+        srv = _listener(address, alpn, qlog, retry, plpmtud)
+        if announce:
+            _announce(srv.getsockname())
+        return _accept_forever(srv, handle)
+
+    if workers > 1:
+        return serve_workers(
+            listen, workers, lambda worker: serve(worker.address, False), on_ready=_announce
+        )
+    return serve(listen, True)
+
+
+def _announce(address: tuple) -> None:
+    print(f"ready {address[1]}", flush=True)
+
+
+def _listener(listen: tuple, alpn: str, qlog: str | None, retry: bool, plpmtud: bool) -> QuicSocket:
+    host = listen[0]
     srv = QuicSocket(family_of(host))
     if qlog:
         srv.qlog_dir = qlog
@@ -63,9 +86,12 @@ def serve_forever(
         srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, config.pack())
     if plpmtud:
         enable_plpmtud(srv)
-    srv.bind((host, port))
+    srv.bind(listen)
     srv.listen()
-    print(f"ready {srv.getsockname()[1]}", flush=True)
+    return srv
+
+
+def _accept_forever(srv: QuicSocket, handle: Callable[[QuicSocket], None]) -> int:
     try:
         while True:
             conn, _ = srv.accept()

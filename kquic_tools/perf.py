@@ -1,6 +1,6 @@
 """kquic-perf: bulk transfer measurement over one or more streams.
 
-    kquic-perf server --listen HOST:PORT --cert FILE --key FILE [--plpmtud]
+    kquic-perf server --listen HOST:PORT --cert FILE --key FILE [--plpmtud] [--workers N]
     kquic-perf client HOST:PORT (--send SIZE | --recv SIZE) [--streams N] [--insecure | --ca FILE]
                       [--plpmtud]
 
@@ -27,6 +27,7 @@ from kquic_tools.common import (
     split_hostport,
 )
 from quic import uapi
+from quic.reuseport import MAX_WORKERS
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 
 ALPN = "perf"
@@ -81,6 +82,7 @@ def run_server(args: argparse.Namespace) -> int:
         lambda conn: serve_connection(conn, args),
         args.qlog,
         plpmtud=args.plpmtud,
+        workers=args.workers,
     )
 
 
@@ -165,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--listen", type=split_hostport, default=("0.0.0.0", 443))
     server.add_argument("--cert", required=True)
     server.add_argument("--key", required=True)
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port, each owning its connections (Linux)",
+    )
     client = sub.add_parser("client")
     client.add_argument("server", type=split_hostport)
     direction = client.add_mutually_exclusive_group(required=True)
@@ -181,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "client" and args.streams < 1:
         parser.error("--streams must be at least 1")
+    if args.role == "server" and not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers must be 1 to {MAX_WORKERS}")
     try:
         return run_server(args) if args.role == "server" else run_client(args)
     except OSError as exc:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from functools import partial
 
 from . import uapi
 from .cong import Pacer, make_congestion_control
@@ -140,6 +141,9 @@ class ConnectionConfig:
     version: int = uapi.QUIC_VERSION_V1
     local_params: TransportParameters = field(default_factory=TransportParameters)
     cid_length: int = 8
+    # Makes the IDs issued after the first (NEW_CONNECTION_ID, preferred_address); None:
+    # random ones of cid_length bytes. A worker's tunnel makes IDs that steer to it.
+    new_cid: Callable[[], bytes] | None = None
     congestion_control: int = uapi.QUIC_CONG_ALG_RENO
     initial_rtt: float = uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT / 1e6
     max_datagram_size: int = MIN_INITIAL_SIZE
@@ -215,7 +219,11 @@ class Connection:
         self.initial_dcid = retry_scid or self.original_dcid
         self.scid = scid
         self.source_cids = SourceConnectionIds(
-            config.reset_key, scid, config.cid_length, on_cid_add, on_cid_remove
+            config.reset_key,
+            scid,
+            config.new_cid or partial(os.urandom, config.cid_length),
+            on_cid_add,
+            on_cid_remove,
         )
         self.dest_cids = DestinationConnectionIds(
             dcid,

@@ -3,6 +3,11 @@
 Our IDs route the peer's packets to this connection through the tunnel's demux table,
 so issuing and retiring one notifies the tunnel. The peer's IDs are what we put in the
 Destination Connection ID field; rotating them on migration keeps paths unlinkable.
+
+A server split over worker processes (``quic.workers``) needs every packet of a
+connection to reach the worker that owns it, whatever address it comes from: the
+kernel steers by the Destination Connection ID's first byte, so each worker issues
+only IDs whose first byte names it (:class:`WorkerCids`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +24,6 @@ from dataclasses import dataclass
 from .errors import QuicError, TransportError
 from .frame import FrameType
 
-DEFAULT_CID_LENGTH = 8
 STATELESS_RESET_TOKEN_LENGTH = 16
 # RFC 9000 §10.3: 5 unpredictable bytes and the token at least; we answer with at most
 # 43 bytes, and always with fewer than the packet that triggered the reset.
@@ -97,6 +102,35 @@ def is_stateless_reset(datagram: bytes, tokens) -> bool:
     return any(hmac.compare_digest(tail, token) for token in tokens)
 
 
+@dataclass(frozen=True)
+class WorkerCids:
+    """How the connection IDs an endpoint issues are made: random, except that with
+    several workers the first byte is ``worker`` modulo ``workers``. That byte is what
+    the kernel's reuseport program (``quic.reuseport``) reads to pick the worker, so
+    the peer's packets find their connection after a NAT rebinding or a migration as
+    well. The remaining bits of the first byte and every other byte stay random."""
+
+    worker: int = 0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.worker < self.workers <= 256:
+            raise ValueError(f"worker {self.worker} of {self.workers}")
+
+    def mint(self, length: int) -> bytes:
+        """A fresh ID of ``length`` bytes (at least 1) that steers to this worker."""
+        cid = bytearray(os.urandom(length))
+        if self.workers > 1:
+            # The first bytes b in 0..255 with b % workers == worker, uniformly.
+            choices = (255 - self.worker) // self.workers + 1
+            cid[0] = self.worker + self.workers * secrets.randbelow(choices)
+        return bytes(cid)
+
+    def worker_of(self, cid: bytes) -> int:
+        """The worker an ID steers to: what the reuseport program computes."""
+        return cid[0] % self.workers
+
+
 @dataclass(slots=True)
 class ConnectionId:
     sequence: int
@@ -105,19 +139,19 @@ class ConnectionId:
 
 
 class SourceConnectionIds:
-    """The IDs we issued to the peer. ``on_add``/``on_remove`` keep the tunnel's demux table
-    in step."""
+    """The IDs we issued to the peer. ``mint`` makes a new one (the tunnel's policy);
+    ``on_add``/``on_remove`` keep the tunnel's demux table in step."""
 
     def __init__(
         self,
         reset_key: bytes,
         first_cid: bytes,
-        cid_length: int = DEFAULT_CID_LENGTH,
+        mint: Callable[[], bytes],
         on_add: Callable[[bytes], None] | None = None,
         on_remove: Callable[[bytes], None] | None = None,
     ) -> None:
         self.reset_key = reset_key
-        self.cid_length = cid_length
+        self.mint = mint
         self.on_add = on_add
         self.on_remove = on_remove
         self.ids: dict[int, ConnectionId] = {}
@@ -135,7 +169,7 @@ class SourceConnectionIds:
 
     def issue(self) -> ConnectionId:
         """A fresh ID to announce in NEW_CONNECTION_ID."""
-        return self._add(os.urandom(self.cid_length))
+        return self._add(self.mint())
 
     def wanted(self, peer_limit: int) -> int:
         """How many more IDs the peer's active_connection_id_limit lets us issue."""

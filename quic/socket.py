@@ -229,8 +229,8 @@ class QuicSocket:
             self._backlog = backlog or DEFAULT_BACKLOG
             if not self.session_ticket:
                 # One ticket key for every connection of this listener, so a ticket one
-                # of them issued resumes on another.
-                self.session_ticket = os.urandom(64)
+                # of them issued resumes on another (in another worker process too).
+                self.session_ticket = self.tunnel.ticket_key(self.alpn)
             self.state = SOCK_LISTENING
             self.tunnel.add_listener(self)
 
@@ -299,6 +299,7 @@ class QuicSocket:
             version=cfg.version or uapi.QUIC_VERSION_V1,
             local_params=self.local_params,
             cid_length=CID_LENGTH,
+            new_cid=self.tunnel.new_cid,
             congestion_control=cfg.congestion_control_algo,
             initial_rtt=(cfg.initial_smoothed_rtt or uapi.QUIC_DEF_INITIAL_SMOOTHED_RTT) / 1e6,
             token=self.token,
@@ -362,7 +363,7 @@ class QuicSocket:
             if proof is False:
                 return None
             if proof is None and self.config.validate_peer_address:
-                retry_scid = os.urandom(CID_LENGTH)
+                retry_scid = tunnel.new_cid()  # the client's next DCID: it steers too
                 token = tunnel.tokens.retry_token(addr, header.dcid, retry_scid)
                 tunnel.sendto(
                     encode_retry(header.version, header.scid, retry_scid, token, header.dcid),
@@ -407,7 +408,7 @@ class QuicSocket:
         child.conn = Connection(
             config,
             dcid=header.scid,
-            scid=os.urandom(CID_LENGTH),
+            scid=tunnel.new_cid(),
             peer_addr=addr,
             now=now,
             original_dcid=proof.original_dcid if retried else header.dcid,

@@ -32,9 +32,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .alpn import no_application_protocol_close, offered_alpns
-from .connid import STATELESS_RESET_TOKEN_LENGTH, endpoint_reset_key, stateless_reset
+from .connid import (
+    STATELESS_RESET_TOKEN_LENGTH,
+    WorkerCids,
+    endpoint_reset_key,
+    stateless_reset,
+)
 from .ecn import ECN_MASK, ECT_0, NOT_ECT
 from .errors import QuicError
+from .keys import EndpointKeys
 from .packet import (
     FIXED_BIT,
     HEADER_FORM_BIT,
@@ -102,32 +108,42 @@ class Listener(Protocol):
 class Tunnel:
     """A bound UDP socket, its demux table, its listeners and its timer heap."""
 
-    def __init__(self, local_addr: Address, cid_length: int) -> None:
-        family = socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            except OSError:
-                pass
-        if family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        forbid_fragmentation(self.sock, family)  # RFC 9000 §14
-        self.sock.bind(local_addr)
+    def __init__(
+        self,
+        local_addr: Address,
+        cid_length: int,
+        *,
+        sock: socket.socket | None = None,
+        keys: EndpointKeys | None = None,
+        cids: WorkerCids | None = None,
+    ) -> None:
+        """Bind ``local_addr``, or serve ``sock``, a UDP socket already bound (a worker's
+        socket of a reuseport group). ``keys`` are secrets shared with other processes
+        serving the same address, ``cids`` how this endpoint's connection IDs steer to
+        it; without them the keys are the process's own and the IDs random."""
+        if sock is None:
+            sock = udp_socket(socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET)
+            sock.bind(local_addr)
+        self.sock = sock
         self.sock.setblocking(False)
-        self.family = family
+        family = self.family = sock.family
         self.local_addr = self.sock.getsockname()
         self.ecn_codepoint, self.ecn_receive = enable_ecn(self.sock, family)
         self.gro = enable_gro(self.sock)
         self.cid_length = cid_length
+        self.cids = cids or WorkerCids()
+        self.keys = keys
         self.routes: dict[bytes, Endpoint] = {}
         # The peers' stateless reset tokens: a reset's DCID is random (RFC 9000 §10.3).
         self.reset_routes: dict[bytes, Endpoint] = {}
         self.listeners: list[Listener] = []
         self.users = 0
         self.gso = sys.platform.startswith("linux")  # cleared on the first refusal
-        self.tokens = TokenAuthority()  # Retry and NEW_TOKEN tokens of this UDP endpoint
-        self.reset_key = endpoint_reset_key()
+        # Retry and NEW_TOKEN tokens of this UDP endpoint, and its Stateless Resets' key.
+        self.tokens = TokenAuthority(keys.token_key if keys else None)
+        self.reset_key = keys.reset_key if keys else endpoint_reset_key()
+        # Set once a listener is added: a supervisor announces the port after that.
+        self.listening = threading.Event()
         self._reset_budget = float(RESETS_PER_SECOND)
         self._reset_time = 0.0
         self._lock = threading.Lock()
@@ -142,6 +158,15 @@ class Tunnel:
             target=self._run, name=f"quic-tunnel-{self.local_addr[1]}", daemon=True
         )
         self._thread.start()
+
+    def new_cid(self) -> bytes:
+        """A connection ID for this endpoint to issue (RFC 9000 §5.1)."""
+        return self.cids.mint(self.cid_length)
+
+    def ticket_key(self, alpn: bytes) -> bytes:
+        """The session-ticket key for a new listener serving ``alpn``: shared when the
+        keys are, else its own."""
+        return self.keys.ticket_key(alpn) if self.keys else os.urandom(64)
 
     # routing table
 
@@ -164,6 +189,7 @@ class Tunnel:
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
             self.listeners.append(listener)
+        self.listening.set()
 
     def remove_listener(self, listener: Listener) -> None:
         with self._lock:
@@ -458,6 +484,21 @@ class Tunnel:
             return None
 
 
+def udp_socket(family: int) -> socket.socket:
+    """An unbound UDP socket set up as a tunnel's: large buffers, dual-stack for IPv6,
+    and no fragmentation (RFC 9000 §14)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    forbid_fragmentation(sock, family)
+    return sock
+
+
 def enable_ecn(sock: socket.socket, family: int) -> tuple[int, bool]:
     """Mark what ``sock`` sends ECT(0) and ask for the codepoint of what it receives.
 
@@ -535,6 +576,16 @@ def get_tunnel(local_addr: Address, cid_length: int) -> Tunnel:
                 _registry[key] = tunnel
         tunnel.users += 1
         return tunnel
+
+
+def adopt_tunnel(tunnel: Tunnel, local_addr: Address) -> None:
+    """Make ``tunnel`` the one ``get_tunnel`` returns for ``local_addr`` and for the
+    address it is bound to, holding one use of it: a worker process registers the
+    tunnel of its reuseport socket so that the listener it then binds serves it."""
+    with _registry_lock:
+        _registry[(local_addr[0], local_addr[1])] = tunnel
+        _registry[(tunnel.local_addr[0], tunnel.local_addr[1])] = tunnel
+        tunnel.users += 1
 
 
 def put_tunnel(tunnel: Tunnel) -> None:
