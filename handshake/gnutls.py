@@ -621,7 +621,7 @@ class Session:
     def set_alpn(self, protocols: list[bytes]) -> None:
         bufs = [ctypes.create_string_buffer(p, len(p)) for p in protocols]
         arr = (Datum * len(protocols))(
-            *(Datum(ctypes.cast(b, c_void_p), len(p)) for b, p in zip(bufs, protocols, strict=True))
+            *(Datum(ctypes.addressof(b), len(p)) for b, p in zip(bufs, protocols, strict=True))
         )
         _check(_lib.gnutls_alpn_set_protocols(self.ptr, arr, len(protocols), GNUTLS_ALPN_MANDATORY))
 

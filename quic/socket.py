@@ -484,7 +484,7 @@ class QuicSocket:
         Handshake messages arrive through the I/O thread but are answered by the driver
         thread (libquic's loop). Sent at once, the ACKs a received flight calls for would
         each leave in a datagram of their own, just before the driver's answer: on a
-        loopback handshake that is 4 of 6 client datagrams and 2 of 5 server ones, each
+        loopback handshake that is 3 of 6 client datagrams and 2 of 5 server ones, each
         costing both ends a packet's build, system calls and a thread wake-up. So from
         the moment a flight reaches a waiting driver (or a server's first Initial makes
         the connection) until the driver sends its answer or waits for more, the
