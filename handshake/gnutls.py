@@ -182,7 +182,8 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "gnutls_alert_get_name": (c_char_p, [c_int]),
     "gnutls_init": (c_int, [POINTER(c_void_p), c_uint]),
     "gnutls_deinit": (None, [c_void_p]),
-    "gnutls_priority_set_direct": (c_int, [c_void_p, c_char_p, POINTER(c_char_p)]),
+    "gnutls_priority_init": (c_int, [POINTER(c_void_p), c_char_p, POINTER(c_char_p)]),
+    "gnutls_priority_set": (c_int, [c_void_p, c_void_p]),
     "gnutls_credentials_set": (c_int, [c_void_p, c_int, c_void_p]),
     "gnutls_handshake": (c_int, [c_void_p]),
     "gnutls_handshake_write": (c_int, [c_void_p, c_int, c_void_p, c_size_t]),
@@ -443,6 +444,28 @@ def generate_ticket_key() -> bytes:
     return _take_datum(d)
 
 
+_priorities: dict[str, int] = {}
+_priorities_lock = threading.Lock()
+
+
+def _priority_cache(priority: str) -> int:
+    """The ``gnutls_priority_t`` of ``priority``, parsed on first use and kept for the
+    process (a handful of strings: one per pinned cipher)."""
+    cache = _priorities.get(priority)
+    if cache is not None:
+        return cache
+    with _priorities_lock:
+        cache = _priorities.get(priority)
+        if cache is None:
+            ptr, err = c_void_p(), c_char_p()
+            code = _lib.gnutls_priority_init(byref(ptr), priority.encode(), byref(err))
+            if code < 0:
+                where = err.value.decode(errors="replace") if err.value else ""
+                raise GnutlsError(code, f"{strerror(code)} (at {where!r})" if where else None)
+            cache = _priorities[priority] = ptr.value
+    return cache
+
+
 # ----------------------------------------------------------------------------
 # anti-replay: one process-wide context, as all servers of a process share tickets
 
@@ -586,11 +609,10 @@ class Session:
     # -- configuration -------------------------------------------------
 
     def set_priority(self, priority: str) -> None:
-        err = c_char_p()
-        code = _lib.gnutls_priority_set_direct(self.ptr, priority.encode(), byref(err))
-        if code < 0:
-            where = err.value.decode(errors="replace") if err.value else ""
-            raise GnutlsError(code, f"{strerror(code)} (at {where!r})" if where else None)
+        """Each priority string is parsed once per process (about 25 µs a parse, against
+        2 µs to set a parsed one); sessions share the parsed cache, which GnuTLS only
+        reads."""
+        _check(_lib.gnutls_priority_set(self.ptr, _priority_cache(priority)))
 
     def set_credentials(self, creds: Credentials) -> None:
         _check(_lib.gnutls_credentials_set(self.ptr, creds.CRED_TYPE, creds.ptr))
@@ -599,7 +621,7 @@ class Session:
     def set_alpn(self, protocols: list[bytes]) -> None:
         bufs = [ctypes.create_string_buffer(p, len(p)) for p in protocols]
         arr = (Datum * len(protocols))(
-            *(Datum(ctypes.cast(b, c_void_p), len(p)) for b, p in zip(bufs, protocols, strict=True))
+            *(Datum(ctypes.addressof(b), len(p)) for b, p in zip(bufs, protocols, strict=True))
         )
         _check(_lib.gnutls_alpn_set_protocols(self.ptr, arr, len(protocols), GNUTLS_ALPN_MANDATORY))
 

@@ -18,11 +18,14 @@ peer why; a peer that reads such a close reports it as a ``HandshakeError`` too.
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import ipaddress
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -120,10 +123,15 @@ class HandshakeResult:
     cipher: int  # TLS_CIPHER_*
     resumed: bool
     early_data: bool  # 0-RTT was accepted
-    peer_subject: str | None = None
     peer_certificate: bytes | None = field(default=None, repr=False)
     psk_identity: str | None = None
     session_data: bytes | None = field(default=None, repr=False)  # client, from a ticket
+
+    @functools.cached_property
+    def peer_subject(self) -> str | None:
+        """The peer certificate's subject (RFC 4514), parsed when first asked for: few
+        callers want it, and parsing the certificate in Python costs 0.1-0.2 ms."""
+        return _subject(self.peer_certificate) if self.peer_certificate else None
 
 
 def read_psk_file(path: str) -> dict[str, bytes]:
@@ -327,22 +335,10 @@ class _Handshake:
 
     def _setup_x509(self, session: gnutls.Session) -> None:
         p = self.p
-        creds = gnutls.CertificateCredentials()
-        session.set_credentials(creds)
-        if p.cert_file:
-            creds.set_key_file(p.cert_file, p.key_file or p.cert_file)
-        elif p.cert_pem:
-            creds.set_key_mem(p.cert_pem, p.key_pem or p.cert_pem)
-        elif self.is_server:
+        if not (p.cert_file or p.cert_pem) and self.is_server:
             raise ValueError("a certificate server needs cert_file or cert_pem")
         verify = p.cert_request if self.is_server else not p.insecure
-        if verify:
-            if p.ca_file:
-                creds.set_trust_file(p.ca_file)
-            elif p.ca_pem:
-                creds.set_trust_mem(p.ca_pem)
-            else:
-                creds.set_system_trust()
+        session.set_credentials(_x509_credentials(p, bool(verify)))
         if self.is_server:
             session.set_cert_request(p.cert_request)
             if p.cert_request == gnutls.GNUTLS_CERT_REQUIRE:
@@ -472,7 +468,6 @@ class _Handshake:
             cipher=session.cipher(),
             resumed=session.is_resumed(),
             early_data=session.early_data_accepted(),
-            peer_subject=_subject(der) if der else None,
             peer_certificate=der,
             psk_identity=psk,
             session_data=session_data,
@@ -523,6 +518,92 @@ class _Handshake:
             self.sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_CLOSE, record.pack())
         except OSError:
             pass
+
+
+# Parsed X.509 credentials (our chain and key, the trust list), shared by the
+# handshakes that use the same files or PEM, as tlshd keeps its credentials: loading
+# and parsing them cost more than the rest of a session's set-up. Each handshake still
+# verifies the peer against the trust list. A file's entry holds while its identity
+# (device, inode, size, mtime, ctime) does, so a replaced or rewritten certificate, key
+# or CA file is loaded again on the next handshake. GnuTLS only reads credentials once
+# set up, so sessions on several threads may share them; an entry dropped from the
+# cache lives on in the sessions still using it.
+_CREDENTIALS_MAX = 32
+_credentials: OrderedDict[tuple, gnutls.CertificateCredentials] = OrderedDict()
+_credentials_lock = threading.Lock()
+
+
+def _file_identity(path: str) -> tuple:
+    st = os.stat(path)
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _pem_identity(pem: bytes) -> tuple:
+    return ("pem", hashlib.sha256(pem).digest())
+
+
+def _x509_credentials(p: HandshakeParams, verify: bool) -> gnutls.CertificateCredentials:
+    """The credentials for ``p``'s certificate and trust settings, from the cache when
+    nothing they were loaded from has changed. The system trust store is loaded anew
+    each time: its files are the system's, not named here."""
+    try:
+        if p.cert_file:
+            key_file = p.key_file or p.cert_file
+            mine: tuple = ("file", _file_identity(p.cert_file), _file_identity(key_file))
+        elif p.cert_pem:
+            mine = ("mem", _pem_identity(p.cert_pem), _pem_identity(p.key_pem or p.cert_pem))
+        else:
+            mine = ()
+        if not verify:
+            trust: tuple | None = ()
+        elif p.ca_file:
+            trust = ("file", _file_identity(p.ca_file))
+        elif p.ca_pem:
+            trust = ("mem", _pem_identity(p.ca_pem))
+        else:
+            trust = None  # system trust: not cached
+    except OSError:
+        trust = None  # a missing file: let GnuTLS report it as it always has
+    key = (mine, trust) if trust is not None else None
+    if key is not None:
+        with _credentials_lock:
+            creds = _credentials.get(key)
+            if creds is not None:
+                _credentials.move_to_end(key)
+                return creds
+    creds = _load_x509_credentials(p, verify)
+    if key is not None:
+        with _credentials_lock:
+            _credentials[key] = creds
+            while len(_credentials) > _CREDENTIALS_MAX:
+                _credentials.popitem(last=False)
+    return creds
+
+
+def _load_x509_credentials(p: HandshakeParams, verify: bool) -> gnutls.CertificateCredentials:
+    creds = gnutls.CertificateCredentials()
+    try:
+        if p.cert_file:
+            creds.set_key_file(p.cert_file, p.key_file or p.cert_file)
+        elif p.cert_pem:
+            creds.set_key_mem(p.cert_pem, p.key_pem or p.cert_pem)
+        if verify:
+            if p.ca_file:
+                creds.set_trust_file(p.ca_file)
+            elif p.ca_pem:
+                creds.set_trust_mem(p.ca_pem)
+            else:
+                creds.set_system_trust()
+    except BaseException:
+        creds.close()
+        raise
+    return creds
+
+
+def clear_credentials_cache() -> None:
+    """Forget every cached credential (sessions using one keep it until they end)."""
+    with _credentials_lock:
+        _credentials.clear()
 
 
 def _is_ip(name: str) -> bool:

@@ -60,6 +60,9 @@ CID_LENGTH = 8
 DEFAULT_BACKLOG = 128
 # Longest a blocking close() waits for sent stream data to be acknowledged.
 LINGER = 10.0
+# Longest the handshake holds back what a received flight calls for (ACKs, mostly)
+# so that it leaves with the handshake's answer to that flight: see _corked.
+HANDSHAKE_CORK = 0.010
 # lxin/quic's smallest plpmtud_probe_interval (µs): probes are not meant to be frequent.
 QUIC_MIN_PROBE_TIMEOUT = 5_000_000
 
@@ -123,6 +126,9 @@ class QuicSocket:
         os.set_blocking(self._ready_w, False)
         self._ready = False
         self._released = False
+        # Handshake output held back until this time (None: not held); see _corked.
+        self._cork_until: float | None = None
+        self._hs_waiting = False  # the handshake driver is blocked in recv_handshake
         # qlog: a directory for one .sqlog per connection (QLOGDIR, as the interop
         # runner sets it, unless the application sets this attribute).
         self.qlog_dir: str | None = os.environ.get("QLOGDIR") or None
@@ -420,6 +426,8 @@ class QuicSocket:
             on_reset_token_gone=child._reset_route_remove,
         )
         child._start_qlog()
+        # The ACK of the ClientHello waits to leave with the ServerHello.
+        child._cork_until = now + HANDSHAKE_CORK
         tunnel.add_route(header.dcid, child)
         child._extra_routes.append(header.dcid)
         child.state = SOCK_ESTABLISHING
@@ -444,6 +452,14 @@ class QuicSocket:
             if conn is None or self.tunnel is None:
                 return
             now = time.monotonic() if now is None else now
+            if (self._cork_until is not None or self._hs_waiting) and self._corked(conn, now):
+                # The connection's own deadline is not armed: it is mostly the held
+                # ACK's, due at once. The hold ends within HANDSHAKE_CORK anyway.
+                self.tunnel.schedule(self, self._cork_until)
+                if self._waiters and self._wake_due():
+                    self._cond.notify_all()
+                self._update_ready()
+                return
             current = self._preferred_tunnel if self._via_preferred else self.tunnel
             while conn.probes_out:
                 datagram, addr, local = conn.probes_out.popleft()
@@ -462,6 +478,36 @@ class QuicSocket:
             if self._waiters and self._wake_due():
                 self._cond.notify_all()
             self._update_ready()
+
+    def _corked(self, conn: Connection, now: float) -> bool:
+        """Whether to hold back output while the handshake driver answers a flight.
+
+        Handshake messages arrive through the I/O thread but are answered by the driver
+        thread (libquic's loop). Sent at once, the ACKs a received flight calls for would
+        each leave in a datagram of their own, just before the driver's answer: on a
+        loopback handshake that is 3 of 6 client datagrams and 2 of 5 server ones, each
+        costing both ends a packet's build, system calls and a thread wake-up. So from
+        the moment a flight reaches a waiting driver (or a server's first Initial makes
+        the connection) until the driver sends its answer or waits for more, the
+        connection's output is held and then leaves coalesced, as a single-threaded stack
+        sends it. The hold never outlasts HANDSHAKE_CORK: a slow driver's peer still
+        gets its ACKs, a timer (PTO, idle) due meanwhile fires at its end, and a close
+        ends it at once.
+        """
+        until = self._cork_until
+        if until is None:
+            if conn.handshake_complete or not conn.crypto_inbox:
+                return False
+            until = self._cork_until = now + HANDSHAKE_CORK
+        if now < until and conn.state < State.CLOSING:
+            return True
+        self._cork_until = None
+        return False
+
+    def _uncork(self) -> None:
+        if self._cork_until is not None:
+            self._cork_until = None
+            self.flush()
 
     def _set_connection_migration(self, value: bytes) -> None:
         """Established client: move to a new local address (port 0: any), probing it with
@@ -537,6 +583,7 @@ class QuicSocket:
 
     def timer_expired(self, now: float) -> None:
         with self._lock:
+            self._cork_until = None  # a due timer, or the end of a hold: send now
             if self.conn is not None:
                 self.conn.handle_timer(now)
         self.flush(now)
@@ -859,11 +906,15 @@ class QuicSocket:
             def ready() -> bool:
                 return bool(conn.crypto_inbox) or conn.state >= State.CLOSING
 
+            if not ready():
+                self._uncork()  # the driver's answer is complete: send what was held
             old, self._timeout = self._timeout, None
+            self._hs_waiting = True
             try:
                 self._wait(ready, deadline)
             finally:
                 self._timeout = old
+                self._hs_waiting = False
             if conn.crypto_inbox:
                 level, data = conn.crypto_inbox.popleft()
                 self._update_ready()
@@ -882,6 +933,7 @@ class QuicSocket:
             except ValueError as exc:
                 raise _err(errno.EINVAL, str(exc)) from None
             if not more:
+                self._cork_until = None
                 self.flush()
 
     # ------------------------------------------------------------------
@@ -911,6 +963,10 @@ class QuicSocket:
                 self.flush()
                 raise _err(errno.EINVAL, str(exc)) from None
             if self.conn is not None:
+                if self.conn.handshake_complete and not self.conn.is_client:
+                    # A server's handshake ends on reading the client's Finished: its
+                    # last secret; what is held (ACK, HANDSHAKE_DONE) goes now.
+                    self._cork_until = None
                 self.flush()
 
     def getsockopt(self, level: int, optname: int, buflen: int | bytes = 0) -> bytes:
@@ -1153,6 +1209,7 @@ class QuicSocket:
                     )
                 except TimeoutError:
                     pass  # lingered long enough: close with what is still unacknowledged
+            self._cork_until = None
             if conn is not None and conn.state < State.CLOSING:
                 rec = self.close_record
                 # A failed handshake reports its TLS alert as CRYPTO_ERROR (0x100 + alert):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from handshake import gnutls
+from handshake import gnutls, libquic
 from handshake.libquic import (
     HandshakeError,
     HandshakeParams,
@@ -314,6 +314,57 @@ def test_insecure_client_accepts_unknown_ca(pki: Pki) -> None:
         srv_key_file=str(pki.rogue_key),
     )
     run_pair(c, s).ok()
+
+
+def test_credentials_are_loaded_once_and_still_verify(pki: Pki, monkeypatch) -> None:
+    """Handshakes on the same files share one parse of them; every handshake still
+    verifies the peer (a server with an unknown issuer fails with a cached CA)."""
+    libquic.clear_credentials_cache()
+    loads: list[str] = []
+    real_key, real_trust = (
+        gnutls.CertificateCredentials.set_key_file,
+        gnutls.CertificateCredentials.set_trust_file,
+    )
+    monkeypatch.setattr(
+        gnutls.CertificateCredentials,
+        "set_key_file",
+        lambda self, *a: (loads.append("key"), real_key(self, *a))[1],
+    )
+    monkeypatch.setattr(
+        gnutls.CertificateCredentials,
+        "set_trust_file",
+        lambda self, *a: (loads.append("trust"), real_trust(self, *a))[1],
+    )
+    for _ in range(3):
+        run_pair(*x509_params(pki)).ok()
+    assert sorted(loads) == ["key", "trust"]
+    pair = run_pair(
+        *x509_params(pki, srv_cert_file=str(pki.rogue_cert), srv_key_file=str(pki.rogue_key))
+    )
+    assert "issuer is unknown" in str(expect_failure(pair, "client", HandshakeError))
+    pair = run_pair(*x509_params(pki, server_name="other.test"))
+    expect_failure(pair, "client", HandshakeError)
+    libquic.clear_credentials_cache()
+
+
+def test_credentials_reloaded_when_a_file_changes(pki: Pki, tmp_path: Path) -> None:
+    """A replaced CA file or certificate is read again on the next handshake."""
+    libquic.clear_credentials_cache()
+    ca = tmp_path / "ca.pem"
+    cert, key = tmp_path / "cert.pem", tmp_path / "cert.key"
+    ca.write_bytes(pki.ca.read_bytes())
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    c, s = x509_params(pki, ca_file=str(ca), srv_cert_file=str(cert), srv_key_file=str(key))
+    run_pair(c, s).ok()
+    # The server now presents a certificate of another CA: refused, then trusted once
+    # the client's CA file names that CA.
+    cert.write_bytes(pki.rogue_cert.read_bytes())
+    key.write_bytes(pki.rogue_key.read_bytes())
+    assert "issuer is unknown" in str(expect_failure(run_pair(c, s), "client", HandshakeError))
+    ca.write_bytes(pki.rogue_ca.read_bytes())
+    run_pair(c, s).ok()
+    libquic.clear_credentials_cache()
 
 
 def test_server_certificate_from_memory(pki: Pki) -> None:
