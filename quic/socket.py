@@ -69,7 +69,6 @@ QUIC_MIN_PROBE_TIMEOUT = 5_000_000
 AncData = list[tuple[int, int, bytes]]
 
 
-
 def _err(code: int, message: str | None = None) -> OSError:
     return OSError(code, message or os.strerror(code))
 
