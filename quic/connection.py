@@ -1303,7 +1303,7 @@ class Connection:
             return self.max_datagram_size
         return min(self.max_datagram_size, 3 * self.bytes_received - self.bytes_sent)
 
-    def _build_datagram(self, now: float) -> bytes | None:
+    def _build_datagram(self, now: float) -> bytes | bytearray | None:
         budget = self._send_budget()
         if budget < 64:
             return None
@@ -1346,7 +1346,7 @@ class Connection:
             p[0] == INITIAL and (self.is_client or p[3].ack_eliciting) for p in built
         )
         self.pad_next = False
-        datagram = bytearray()
+        datagram = b""
         for index, (level, _, payload_parts, sent) in enumerate(built):
             if needs_padding and index == len(built) - 1:
                 target = min(MIN_INITIAL_SIZE, budget)  # RFC 9000 §8.2.1: within the 3x limit
@@ -1356,7 +1356,8 @@ class Connection:
                     sent.in_flight = True
             encoded = self._seal(level, payload_parts, sent)
             sent.sent_bytes = len(encoded)
-            datagram += encoded
+            # One packet (the usual case) is the datagram: no copy of it.
+            datagram = datagram + encoded if datagram else encoded
         for level, _, _, sent in built:
             self.spaces[LEVEL_SPACE[level]].take_pn()
             self.recovery.on_packet_sent(sent)
@@ -1369,7 +1370,7 @@ class Connection:
             if level == HANDSHAKE and self.is_client:
                 self._discard_level(INITIAL)  # RFC 9001 §4.9.1
         self.bytes_sent += len(datagram)
-        return bytes(datagram)
+        return datagram
 
     def _header_size(self, level: int, pn_len: int) -> int:
         dcid = len(self.dest_cids.active.cid)
