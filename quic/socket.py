@@ -758,6 +758,10 @@ class QuicSocket:
                 return conn.stream_send_room(sid) >= needed
 
             while True:
+                if flags & uapi.MSG_MORE and not has_room():
+                    # Corked data must leave before the writer waits for room, or
+                    # nothing would send it (as TCP pushes before sk_stream_wait_memory).
+                    self.flush()
                 try:
                     self._wait(has_room, deadline, flags, pure=True)
                 except OSError as exc:
