@@ -105,6 +105,30 @@ def test_large_stream_both_directions_hash_checked(pki, server_thread, family, s
     srv.close()
 
 
+def test_corked_writes_beyond_the_send_buffer_still_leave(pki, server_thread) -> None:
+    """MSG_MORE holds data back only until the writer would block: a corked writer that
+    finds no room pushes what it holds first, or it could wait for ever."""
+    srv = listener()
+    server = server_thread(lambda: echo_digest(srv, pki, 1))
+    cli = connect(srv.getsockname()[1], pki)
+    chunk = 1 << 20  # the default stream send buffer
+    payload = os.urandom(3 * chunk)
+    time.sleep(0.5)  # past the handshake's last packets, whose arrival would flush
+    new, more = uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_MORE, uapi.MSG_MORE
+    assert quic_sendmsg(cli, payload[:chunk], -1, new) == chunk
+    with pytest.raises(BlockingIOError):
+        quic_sendmsg(cli, payload[chunk:], -1, more | uapi.MSG_DONTWAIT)
+    assert cli.conn.recovery.cc.bytes_in_flight > 0  # pushed before refusing
+    for offset in range(chunk, len(payload), chunk):
+        assert quic_sendmsg(cli, payload[offset : offset + chunk], -1, more) == chunk
+    quic_sendmsg(cli, b"", -1, uapi.MSG_QUIC_STREAM_FIN)
+    _, reply = read_stream(cli)
+    assert reply == hashlib.sha256(payload).digest()
+    server.join()
+    cli.close()
+    srv.close()
+
+
 def test_many_streams(pki, server_thread) -> None:
     srv = listener()
     server = server_thread(lambda: echo_digest(srv, pki, 16))
