@@ -64,19 +64,29 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def transfer(impl: str, pki, direction: str, nbytes: int, streams: int, extra: list) -> dict:
-    """One perf transfer: the client's JSON figures plus the server's CPU seconds."""
-    server_argv, client_argv = perf_commands(impl, pki, DIRECTIONS[direction], nbytes)
-    server = Server([*server_argv, *extra])
+def against_server(server_argv: list[str], client_argv, what: str) -> tuple[dict, float]:
+    """Start the server, run the client ``client_argv(port)`` against it; the client's
+    last JSON line and the server's CPU seconds while the client ran."""
+    server = Server(server_argv)
     try:
         before = process_cpu(server.proc.pid)
-        result = run([*client_argv(server.port), "--streams", str(streams), *extra])
+        result = run(client_argv(server.port))
         server_cpu = process_cpu(server.proc.pid) - before
     finally:
         server.stop()
     if result.returncode != 0:
-        raise RuntimeError(f"{impl} {direction} failed: {result.stderr[-2000:]}")
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1]), server_cpu
+
+
+def transfer(impl: str, pki, direction: str, nbytes: int, streams: int, extra: list) -> dict:
+    """One perf transfer: the client's JSON figures plus the server's CPU seconds."""
+    server_argv, client_argv = perf_commands(impl, pki, DIRECTIONS[direction], nbytes)
+    figures, server_cpu = against_server(
+        [*server_argv, *extra],
+        lambda port: [*client_argv(port), "--streams", str(streams), *extra],
+        f"{impl} {direction}",
+    )
     return {**figures, "server_cpu_seconds": round(server_cpu, 3)}
 
 
@@ -99,17 +109,11 @@ def handshakes(impl: str, pki, count: int) -> dict:
         client = python(str(ROOT / "bench" / "kquic_handshakes.py"))
     else:
         client = python("-m", PEERS[impl], "handshake-client")
-    server = Server(server_argv)
-    try:
-        before = process_cpu(server.proc.pid)
-        argv = [*client, "--port", str(server.port), "--count", str(count), "--ca", str(pki.ca)]
-        result = run(argv)
-        server_cpu = process_cpu(server.proc.pid) - before
-    finally:
-        server.stop()
-    if result.returncode != 0:
-        raise RuntimeError(f"{impl} handshakes failed: {result.stderr[-2000:]}")
-    raw = json.loads(result.stdout.strip().splitlines()[-1])
+    raw, server_cpu = against_server(
+        server_argv,
+        lambda port: [*client, "--port", str(port), "--count", str(count), "--ca", str(pki.ca)],
+        f"{impl} handshakes",
+    )
     latencies = sorted(raw["latency_ms"])
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) > 1 else latencies * 9
     return {

@@ -14,7 +14,7 @@ from quic import uapi
 from quic.ecn import CE, ECT_0, NOT_ECT, EcnState
 from quic.socket import QuicSocket, quic_sendmsg
 from quic.tunnel import Tunnel, enable_ecn
-from tests.e2e.test_socket import TIMEOUT, accept, connect, read_stream, read_streams
+from tests.e2e.test_socket import TIMEOUT, connect, echo_digest, read_stream
 
 APP_SPACE = 2
 CID = bytes(range(8))
@@ -42,17 +42,7 @@ def test_kquic_peers_validate_ecn(pki, server_thread, path) -> None:
     srv.listen()
     srv.settimeout(TIMEOUT)
 
-    def serve():
-        child = accept(srv, pki)
-        try:
-            child.settimeout(30)
-            for sid, data in read_streams(child, 1):
-                quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
-            return ecn_outcome(child)
-        finally:
-            child.close()
-
-    server = server_thread(serve)
+    server = server_thread(lambda: echo_digest(srv, pki, 1, report=ecn_outcome))
     family = socket.AF_INET6 if ":" in connect_host else socket.AF_INET
     cli = connect(srv.getsockname()[1], pki, family)
     cli.settimeout(30)

@@ -19,7 +19,7 @@ from handshake.libquic import quic_client_handshake
 from quic import uapi
 from quic.ecn import EcnState
 from quic.socket import QuicSocket, quic_sendmsg
-from tests.e2e.test_socket import TIMEOUT, accept, read_stream, read_streams
+from tests.e2e.test_socket import TIMEOUT, echo_digest, read_stream
 
 pytestmark = pytest.mark.netns
 
@@ -145,14 +145,9 @@ def test_remarking_path(pki, path) -> None:
         srv.settimeout(TIMEOUT)
         port.append(srv.getsockname()[1])
         ready.set()
-        child = accept(srv, pki)
         try:
-            child.settimeout(30)
-            for sid, data in read_streams(child, 1):
-                quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
-            return ecn_outcome(child)
+            return echo_digest(srv, pki, 1, report=ecn_outcome)
         finally:
-            child.close()
             srv.close()
 
     payload = os.urandom(2 << 20)

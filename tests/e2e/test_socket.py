@@ -72,8 +72,13 @@ def read_stream(sock: QuicSocket) -> tuple[int, bytes]:
     return next(read_streams(sock, 1))
 
 
-def echo_digest(srv: QuicSocket, pki, streams: int, download: bytes = b""):
-    """Answer each stream with the SHA-256 of what arrived, then ``download``."""
+def negotiated_alpn(sock: QuicSocket) -> bytes:
+    return sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN)
+
+
+def echo_digest(srv: QuicSocket, pki, streams: int, download: bytes = b"", report=negotiated_alpn):
+    """Answer each stream with the SHA-256 of what arrived, then ``download``; return
+    what ``report`` says of the connection before it closes."""
     child = accept(srv, pki)
     child.settimeout(60)  # large transfers outlast the handshake timeout
     try:
@@ -81,7 +86,7 @@ def echo_digest(srv: QuicSocket, pki, streams: int, download: bytes = b""):
             quic_sendmsg(
                 child, hashlib.sha256(data).digest() + download, sid, uapi.MSG_QUIC_STREAM_FIN
             )
-        return child.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN)
+        return report(child)
     finally:
         child.close()
 
