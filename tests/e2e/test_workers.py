@@ -98,11 +98,17 @@ def download(port: int, pki, size: int, migrate: bool = False) -> tuple[int, boo
 
 
 def test_connections_spread_over_the_workers(workers_port, pki) -> None:
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        results = list(pool.map(lambda _: download(workers_port, pki, 64 << 10), range(CLIENTS)))
-    workers = [worker for worker, _ in results]
-    # A client's first DCID is random; 8 of them all naming one worker: 1 chance in 128.
-    assert set(workers) == set(range(WORKERS))
+    """A client's first DCID is random, so its connection may land on any worker: a
+    batch of 8 all naming one worker happens 1 time in 128, four such batches in a row
+    1 time in 2^28."""
+    seen: set[int] = set()
+    for _ in range(4):
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            results = pool.map(lambda _: download(workers_port, pki, 64 << 10), range(CLIENTS))
+            seen.update(worker for worker, _ in results)
+        if seen == set(range(WORKERS)):
+            break
+    assert seen == set(range(WORKERS))
 
 
 def test_a_nat_rebinding_keeps_each_connection_on_its_worker(workers_port, pki) -> None:
