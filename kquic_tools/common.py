@@ -6,6 +6,7 @@ import argparse
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from quic import uapi
 from quic.path import PROBE_TIMER
@@ -22,6 +23,16 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def missing_file(args: argparse.Namespace) -> str | None:
+    """A complaint about the first of --cert, --key or --ca that names no file: a server
+    would otherwise start and fail each handshake without saying why."""
+    for name in ("cert", "key", "ca"):
+        value = getattr(args, name, None)
+        if value and not Path(value).is_file():
+            return f"--{name}: no such file: {value}"
+    return None
 
 
 def family_of(host: str) -> int:

@@ -22,6 +22,7 @@ from kquic_tools.common import (
     add_plpmtud_flag,
     enable_plpmtud,
     family_of,
+    missing_file,
     serve_forever,
     split_hostport,
 )
@@ -276,11 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         add_plpmtud_flag(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    for path in ("cert", "key", "ca"):
-        value = getattr(args, path, None)
-        if value and not Path(value).is_file():
-            print(f"kquic-interop: --{path}: no such file: {value}", file=sys.stderr)
-            return 2
+    problem = missing_file(args)
+    if problem:
+        print(f"kquic-interop: {problem}", file=sys.stderr)
+        return 2
     try:
         return run_server(args) if args.role == "server" else run_client(args)
     except OSError as exc:

@@ -23,6 +23,7 @@ from kquic_tools.common import (
     add_plpmtud_flag,
     enable_plpmtud,
     family_of,
+    missing_file,
     serve_forever,
     split_hostport,
 )
@@ -192,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "client" and args.streams < 1:
         parser.error("--streams must be at least 1")
+    problem = missing_file(args)
+    if problem:
+        parser.error(problem)
     if args.role == "server" and not 1 <= args.workers <= MAX_WORKERS:
         parser.error(f"--workers must be 1 to {MAX_WORKERS}")
     try:

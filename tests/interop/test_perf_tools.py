@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.interop.conftest import perf_commands, run
+from tests.interop.conftest import perf_commands, python, run
 
 
 def report(result) -> dict:
@@ -29,3 +29,18 @@ def test_aioquic_perf_client_against_kquic_perf_server(pki, start_server) -> Non
     server = start_server(server_argv)
     _, client_argv = perf_commands("aioquic", pki, "recv", 1 << 20)
     assert report(run(client_argv(server.port)))["bytes"] == 1 << 20
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["server", "--cert", "/nonexistent.pem", "--key", "/nonexistent.key"],
+        ["server", "--cert", "/nonexistent.pem", "--key", "/nonexistent.key", "--workers", "0"],
+        ["client", "127.0.0.1:4433", "--recv", "1k", "--ca", "/nonexistent.pem"],
+        ["client", "127.0.0.1:4433", "--recv", "lots"],
+    ],
+)
+def test_kquic_perf_user_mistakes_get_a_message_not_a_traceback(argv) -> None:
+    result = run(python("-m", "kquic_tools.perf", *argv))
+    assert result.returncode == 2 and "error:" in result.stderr
+    assert "Traceback" not in result.stderr
