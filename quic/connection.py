@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from functools import partial
@@ -61,16 +61,13 @@ from .frame import (
 )
 from .migration import MAX_CHALLENGES, PathCheck, same_host, validation_timeout
 from .packet import (
-    FIXED_BIT,
-    HEADER_FORM_BIT,
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
-    Header,
     PacketType,
     encode_long_header,
     encode_short_header,
-    iter_packets,
     packet_number_length,
+    packets_of,
     verify_retry,
 )
 from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, SearchState
@@ -544,7 +541,7 @@ class Connection:
             self.close_pending = True
             return
         fixed_bit = not (self.local_params.grease_quic_bit)
-        packets = self._packets_of(data, fixed_bit)
+        packets = packets_of(data, self.config.cid_length, fixed_bit_required=fixed_bit)
         moved = addr != self.peer_addr
         self._packet_addr = addr
         self._non_probing = False
@@ -568,24 +565,6 @@ class Connection:
             self._on_stateless_reset(now)
         elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
             self._on_peer_address_change(addr, len(data), now)
-
-    def _packets_of(self, data: bytes, fixed_bit: bool) -> Iterator[Header]:
-        """The packets of a datagram. Most datagrams of an established connection are
-        one short-header packet, which takes the whole datagram and whose header is the
-        first byte and our CID: that case skips the general parser."""
-        cid_end = 1 + self.config.cid_length
-        first = data[0] if data else HEADER_FORM_BIT
-        if first & HEADER_FORM_BIT or len(data) <= cid_end or (fixed_bit and not first & FIXED_BIT):
-            return iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit)
-        header = Header(
-            PacketType.ONE_RTT,
-            0,
-            bytes(data[1:cid_end]),
-            first_byte=first,
-            pn_offset=cid_end,
-            packet_end=len(data),
-        )
-        return iter((header,))
 
     def _on_stateless_reset(self, now: float) -> None:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
@@ -1093,7 +1072,7 @@ class Connection:
             in_flight=False,
             is_pmtu_probe=False,
             frames=[],
-            ect=self.recovery.ecn.codepoint == ECT_0,  # it leaves with the same marking
+            ect=self.ecn_codepoint == ECT_0,  # it leaves with the same marking
         )
         pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts)
         if pad > 0:
@@ -1268,7 +1247,7 @@ class Connection:
             sent_bytes=size,
             is_pmtu_probe=True,
             frames=[(REC_PMTU_PROBE, size)],
-            ect=self.recovery.ecn.codepoint == ECT_0,  # counted in ECN validation like any
+            ect=self.ecn_codepoint == ECT_0,  # counted in ECN validation like any
         )
         datagram = self._seal(APP, [b"\x01", bytes(padding)], sent)
         space.take_pn()
@@ -1474,7 +1453,7 @@ class Connection:
             in_flight=ack_eliciting,
             is_pmtu_probe=False,
             frames=records,
-            ect=self.recovery.ecn.codepoint == ECT_0,
+            ect=self.ecn_codepoint == ECT_0,
         )
         size = self._header_size(level, pn_len) + sum(map(len, parts)) + AEAD_TAG_SIZE
         return (level, size, parts, sent)
