@@ -1297,6 +1297,10 @@ class Connection:
         if self.pending_ping:
             # RFC 9002 §7.5: probe packets are not blocked by the congestion window.
             cc_room = max(cc_room, budget)
+        elif cc_room <= 0 and not self._ack_wanted():
+            # Only an ACK may leave without room, and none is owed: this is how each
+            # flush of a window-limited sender ends, so it skips building nothing.
+            return None
         built = []
         remaining = budget
         for level in (INITIAL, HANDSHAKE, APP):
@@ -1321,31 +1325,34 @@ class Connection:
             # One probe spent, whatever it carried (RFC 9002 §6.2.4): the rest of the data
             # waits for the congestion window again.
             self.pending_ping -= 1
-        needs_padding = self.pad_next or any(
-            p[0] == INITIAL and (self.is_client or p[3].ack_eliciting) for p in built
+        # An Initial can only come first.
+        first = built[0]
+        needs_padding = self.pad_next or (
+            first[0] == INITIAL and (self.is_client or first[3].ack_eliciting)
         )
         self.pad_next = False
         datagram = b""
-        for index, (level, _, payload_parts, sent) in enumerate(built):
-            if needs_padding and index == len(built) - 1:
+        last = built[-1]
+        trace = self.trace
+        for packet in built:
+            level, _, payload_parts, sent, pn_len = packet
+            if needs_padding and packet is last:
                 target = min(MIN_INITIAL_SIZE, budget)  # RFC 9000 §8.2.1: within the 3x limit
                 pad = target - (len(datagram) + self._estimate_size(level, payload_parts))
                 if pad > 0:
                     payload_parts.append(bytes(pad))
                     sent.in_flight = True
-            encoded = self._seal(level, payload_parts, sent)
+            encoded = self._seal(level, payload_parts, sent, pn_len)
             sent.sent_bytes = len(encoded)
             # One packet (the usual case) is the datagram: no copy of it.
             datagram = datagram + encoded if datagram else encoded
-        for level, _, _, sent in built:
             self.spaces[LEVEL_SPACE[level]].take_pn()
             self.recovery.on_packet_sent(sent)
             if sent.ack_eliciting:
                 self.pacer.on_sent(sent.sent_bytes, now)
-            if self.trace is not None:
-                self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
-            if sent.ack_eliciting:
                 self.last_activity = now
+            if trace is not None:
+                trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
             if level == HANDSHAKE and self.is_client:
                 self._discard_level(INITIAL)  # RFC 9001 §4.9.1
         self.bytes_sent += len(datagram)
@@ -1365,10 +1372,12 @@ class Connection:
         pn_len = packet_number_length(space.next_pn, space.largest_acked)
         return self._header_size(level, pn_len) + sum(map(len, payload_parts)) + AEAD_TAG_SIZE
 
-    def _seal(self, level: int, payload_parts: list, sent: SentPacket) -> bytes:
-        space = self.spaces[LEVEL_SPACE[level]]
+    def _seal(
+        self, level: int, payload_parts: list, sent: SentPacket, pn_len: int | None = None
+    ) -> bytes:
         pn = sent.packet_number
-        pn_len = packet_number_length(pn, space.largest_acked)
+        if pn_len is None:
+            pn_len = packet_number_length(pn, self.spaces[LEVEL_SPACE[level]].largest_acked)
         payload = b"".join(payload_parts)
         if len(payload) + pn_len < 4:
             # Header protection samples 16 bytes starting 4 after the packet number.
@@ -1408,7 +1417,8 @@ class Connection:
             self._notify_close()
 
     def _build_packet(self, level: int, max_size: int, now: float, cc_room: int):
-        """Frames for one packet at ``level``: (level, size, payload parts, SentPacket) or None.
+        """Frames for one packet at ``level``: (level, size, payload parts, SentPacket, packet
+        number length) or None.
 
         ACKs go out whether or not congestion control has room; everything else only
         when it has.
@@ -1456,7 +1466,7 @@ class Connection:
             ect=self.ecn_codepoint == ECT_0,
         )
         size = self._header_size(level, pn_len) + sum(map(len, parts)) + AEAD_TAG_SIZE
-        return (level, size, parts, sent)
+        return (level, size, parts, sent, pn_len)
 
     def _ping_now_and_then(self, parts: list, records: list, now: float) -> int:
         """RFC 9000 §13.2.4: a receiver that only acknowledges never has its ACKs
@@ -1469,6 +1479,11 @@ class Connection:
         parts.append(b"\x01")
         records.append((REC_PING,))
         return 1
+
+    def _ack_wanted(self) -> bool:
+        """Whether any space holds ack-eliciting packets not yet reported, the only case
+        in which :meth:`_build_packet` sends an ACK without congestion window room."""
+        return any(space.ack_eliciting_unacked and space.unreported for space in self.spaces)
 
     def _ack_due(self, level: int, space: PnSpace, now: float) -> bool:
         delay = self.local_params.max_ack_delay / 1000 if level == APP else 0.0
@@ -1508,6 +1523,8 @@ class Connection:
 
     def _fill_crypto(self, level: int, room: int, parts: list, records: list) -> int:
         stream = self.crypto[level]
+        if not stream.has_data():
+            return room  # the usual case once established: spare the frame search
         while room > 16:
             chunk = stream.next_frame(room - 16)
             if chunk is None:

@@ -270,7 +270,7 @@ class SendStream:
     def has_data(self) -> bool:
         if self.reset_code is not None:
             return False
-        if self._lost:
+        if self._lost.starts:
             return True
         if self.sent_end < min(self.write_end, self.max_stream_data):
             return True
@@ -298,7 +298,7 @@ class SendStream:
         if self.reset_code is not None or max_payload <= 0:
             return None
         lost = self._lost
-        if lost:
+        if lost.starts:
             start, end = lost.first()
             end = min(end, start + max_payload)
             lost.subtract(start, end)
@@ -353,14 +353,21 @@ class SendStream:
         if self.reset_code is not None or self.state == _S_RECVD:
             return
         end = offset + length
-        if end > self._base:
-            self._acked.add(max(offset, self._base), end)
-            self._lost.subtract(offset, end)
+        base = self._base
+        acked = self._acked
+        if end > base:
+            if self._lost.starts:
+                self._lost.subtract(offset, end)
+            if offset <= base and not acked.starts:
+                # Acknowledged in order, the usual case: only the base moves.
+                self._base = end
+                self._drop_acked()
+            else:
+                acked.add(max(offset, base), end)
         if fin:
             self._fin_acked = True
             self._fin_lost = False
-        acked = self._acked
-        if acked and acked.starts[0] <= self._base:
+        if acked.starts and acked.starts[0] <= self._base:
             self._base = acked.ends[0]
             del acked.starts[0], acked.ends[0]
             self._drop_acked()
@@ -736,6 +743,9 @@ class CryptoStream:
 
     def write(self, data: bytes) -> None:
         self._send.write(data)
+
+    def has_data(self) -> bool:
+        return self._send.has_data()
 
     def next_frame(self, max_payload: int) -> tuple[int, memoryview | bytes] | None:
         chunk = self._send.next_frame(max_payload, MAX_OFFSET)
