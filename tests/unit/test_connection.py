@@ -8,13 +8,14 @@ transport (packetization, ACKs, loss recovery, flow control, streams, close) alo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 
 import pytest
 
 from quic import uapi
-from quic.connection import Connection, ConnectionConfig, State
+from quic.connection import REC_STREAM, Connection, ConnectionConfig, State
 from quic.errors import QuicError, TransportError
 from quic.stream import StreamLimitError
 from quic.transport_params import default_local_parameters
@@ -251,6 +252,44 @@ def test_flow_control_limits_what_is_in_flight() -> None:
     pair = Pair(initial_max_data=50_000, initial_max_stream_data_bidi_remote=30_000)
     pair.handshake()
     transfer(pair, 500_000)
+
+
+def test_a_bulk_flush_shares_packets_between_streams_within_the_window() -> None:
+    """The packets after a flush's first carry one STREAM frame each, taken from the
+    streams in turn, and stop where the congestion window does."""
+    pair = Pair()
+    pair.handshake()
+    server = pair.server
+    sids = [server.open_stream(uni=False) for _ in range(2)]
+    payloads = {sid: os.urandom(200_000) for sid in sids}
+    for sid, payload in payloads.items():
+        server.send_stream(sid, payload, True, False)
+    window = server.recovery.cc.congestion_window
+    sent = server.datagrams_to_send(pair.now)
+    assert len(sent) > 4
+    assert server.recovery.cc.bytes_in_flight <= window
+    packets = sorted(server.recovery._spaces[2].sent.items())[-len(sent) :]
+    owners = []
+    for _, packet in packets:
+        assert all(rec[0] == REC_STREAM for rec in packet.frames)
+        assert packet.sent_bytes == len(sent[len(owners)])
+        owners.append(packet.frames[0][1].stream_id)
+    assert all(a != b for a, b in itertools.pairwise(owners))  # in turn
+    sinks = {sid: bytearray() for sid in sids}
+    done: set[int] = set()
+
+    def drained() -> bool:
+        while (chunk := pair.client.read_stream(65536)) is not None:
+            sid, data, fin = chunk
+            sinks[sid] += data
+            if fin:
+                done.add(sid)
+        return done == set(sids)
+
+    for datagram in sent:
+        pair.client.receive_datagram(datagram, SERVER_ADDR, pair.now)
+    pair.run_until(drained)
+    assert sinks == payloads
 
 
 def test_application_close_reaches_peer() -> None:
