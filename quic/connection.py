@@ -64,6 +64,7 @@ from .packet import (
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
     PacketType,
+    decode_packet_number,
     encode_long_header,
     encode_short_header,
     packet_number_length,
@@ -546,21 +547,17 @@ class Connection:
         self._packet_addr = addr
         self._non_probing = False
         unopened = False
-        while True:
-            try:
-                header = next(packets)
-            except StopIteration:
-                break
-            except QuicError:
-                unopened = True
-                break  # the rest of the datagram is malformed: drop it, keep what came before
-            try:
-                unopened |= not self._receive_packet(data, header, addr, now, ecn)
-            except QuicError as exc:
-                self._close_on_error(exc, now)
-                return
-            if self.state >= State.DRAINING:
-                return
+        try:
+            for header in packets:
+                try:
+                    unopened |= not self._receive_packet(data, header, addr, now, ecn)
+                except QuicError as exc:
+                    self._close_on_error(exc, now)
+                    return
+                if self.state >= State.DRAINING:
+                    return
+        except QuicError:
+            unopened = True  # the rest of the datagram is malformed: drop it, keep what came before
         if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
             self._on_stateless_reset(now)
         elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
@@ -688,7 +685,7 @@ class Connection:
         one when the peer has updated."""
         keys = self.recv_keys[APP]
         plain_header, first, truncated, pn_len = keys.remove_header_protection(packet, pn_offset)
-        pn = keys.recover_packet_number(truncated, pn_len, space.largest_received)
+        pn = decode_packet_number(truncated, pn_len * 8, space.largest_received)
         body = pn_offset + pn_len
         if (first >> 2) & 1 == self.recv_phase:
             payload = keys.decrypt_payload(plain_header, packet, body, pn)

@@ -198,10 +198,7 @@ class PacketKeys:
             self._hp_ecb,
         )
 
-    def _nonce(self, pn: int) -> bytes:
-        return (self._iv_int ^ pn).to_bytes(12, "big")
-
-    def hp_mask(self, sample: bytes) -> bytes:
+    def hp_mask(self, sample: bytes | bytearray | memoryview) -> bytes:
         """Five mask bytes from a 16-byte sample (RFC 9001 §5.4.3, §5.4.4)."""
         if self._hp_ecb is not None:
             return self._hp_ecb.update(sample)[:5]
@@ -214,21 +211,27 @@ class PacketKeys:
 
         The ciphertext is written straight after the header in the packet's buffer: for
         a large datagram each extra copy costs as much as a fifth of its encryption.
+        Every packet passes here, so the nonce and the mask are computed in place.
         """
-        pn_len = (header[0] & 0x03) + 1
         header_len = len(header)
-        pn_offset = header_len - pn_len
         out = bytearray(header_len + len(payload) + AEAD_TAG_SIZE)
         out[:header_len] = header
+        view = memoryview(out)
+        nonce = (self._iv_int ^ pn).to_bytes(12, "big")
         if _ENCRYPT_INTO:
-            self._aead.encrypt_into(self._nonce(pn), payload, header, memoryview(out)[header_len:])
+            self._aead.encrypt_into(nonce, payload, header, view[header_len:])
         else:
-            out[header_len:] = self._aead.encrypt(self._nonce(pn), bytes(payload), bytes(header))
-        sample_at = pn_offset + 4
-        mask = self.hp_mask(bytes(out[sample_at : sample_at + SAMPLE_SIZE]))
-        out[0] ^= mask[0] & (0x0F if header[0] & 0x80 else 0x1F)
-        for i in range(pn_len):
-            out[pn_offset + i] ^= mask[1 + i]
+            out[header_len:] = self._aead.encrypt(nonce, bytes(payload), bytes(header))
+        first = header[0]
+        pn_offset = header_len - (first & 0x03) - 1
+        sample = view[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]
+        hp = self._hp_ecb
+        mask = hp.update(sample) if hp is not None else self.hp_mask(sample)
+        out[0] = first ^ (mask[0] & (0x0F if first & 0x80 else 0x1F))
+        i = 1
+        for at in range(pn_offset, header_len):
+            out[at] ^= mask[i]
+            i += 1
         return out
 
     def remove_header_protection(
@@ -238,7 +241,9 @@ class PacketKeys:
         packet number, its length). The key-phase bit is readable only after this."""
         if len(packet) < pn_offset + 4 + SAMPLE_SIZE:
             raise DecryptionError("packet too short to sample")
-        mask = self.hp_mask(bytes(packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]))
+        sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]
+        hp = self._hp_ecb
+        mask = hp.update(sample) if hp is not None else self.hp_mask(sample)
         first = packet[0] ^ (mask[0] & (0x0F if packet[0] & 0x80 else 0x1F))
         pn_len = (first & 0x03) + 1
         header = bytearray(packet[: pn_offset + pn_len])
@@ -250,16 +255,13 @@ class PacketKeys:
             truncated = (truncated << 8) | byte
         return header, first, truncated, pn_len
 
-    @staticmethod
-    def recover_packet_number(truncated: int, pn_len: int, largest_pn: int) -> int:
-        return decode_packet_number(truncated, pn_len * 8, largest_pn)
-
     def decrypt_payload(
         self, header: bytes | bytearray, packet: bytes | memoryview, payload_offset: int, pn: int
     ) -> bytes:
         """Open the AEAD part of ``packet`` starting at ``payload_offset``."""
+        nonce = (self._iv_int ^ pn).to_bytes(12, "big")
         try:
-            return self._aead.decrypt(self._nonce(pn), packet[payload_offset:], bytes(header))
+            return self._aead.decrypt(nonce, packet[payload_offset:], bytes(header))
         except Exception as exc:  # cryptography's InvalidTag, or a too-short ciphertext
             raise DecryptionError("packet does not authenticate") from exc
 
