@@ -236,7 +236,7 @@ class PacketKeys:
 
     def remove_header_protection(
         self, packet: bytes | memoryview, pn_offset: int
-    ) -> tuple[bytearray, int, int, int]:
+    ) -> tuple[bytes, int, int, int]:
         """Unmask the first byte and packet number: (plain header, first byte, truncated
         packet number, its length). The key-phase bit is readable only after this."""
         if len(packet) < pn_offset + 4 + SAMPLE_SIZE:
@@ -244,24 +244,23 @@ class PacketKeys:
         sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]
         hp = self._hp_ecb
         mask = hp.update(sample) if hp is not None else self.hp_mask(sample)
-        first = packet[0] ^ (mask[0] & (0x0F if packet[0] & 0x80 else 0x1F))
+        raw = packet[0]
+        first = raw ^ (mask[0] & (0x0F if raw & 0x80 else 0x1F))
         pn_len = (first & 0x03) + 1
-        header = bytearray(packet[: pn_offset + pn_len])
-        header[0] = first
-        truncated = 0
-        for i in range(pn_len):
-            byte = header[pn_offset + i] ^ mask[1 + i]
-            header[pn_offset + i] = byte
-            truncated = (truncated << 8) | byte
+        pn_end = pn_offset + pn_len
+        truncated = int.from_bytes(packet[pn_offset:pn_end], "big") ^ int.from_bytes(
+            mask[1 : 1 + pn_len], "big"
+        )
+        header = bytes((first,)) + packet[1:pn_offset] + truncated.to_bytes(pn_len, "big")
         return header, first, truncated, pn_len
 
     def decrypt_payload(
-        self, header: bytes | bytearray, packet: bytes | memoryview, payload_offset: int, pn: int
+        self, header: bytes, packet: bytes | memoryview, payload_offset: int, pn: int
     ) -> bytes:
         """Open the AEAD part of ``packet`` starting at ``payload_offset``."""
         nonce = (self._iv_int ^ pn).to_bytes(12, "big")
         try:
-            return self._aead.decrypt(nonce, packet[payload_offset:], bytes(header))
+            return self._aead.decrypt(nonce, packet[payload_offset:], header)
         except Exception as exc:  # cryptography's InvalidTag, or a too-short ciphertext
             raise DecryptionError("packet does not authenticate") from exc
 
@@ -272,7 +271,7 @@ class PacketKeys:
         header, _, truncated, pn_len = self.remove_header_protection(packet, pn_offset)
         pn = decode_packet_number(truncated, pn_len * 8, largest_pn)
         payload = self.decrypt_payload(header, packet, pn_offset + pn_len, pn)
-        return bytes(header), pn, payload
+        return header, pn, payload
 
 
 def retry_integrity_tag(odcid: bytes, retry_without_tag: bytes, version: int) -> bytes:
