@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -177,6 +178,21 @@ class Pair:
         self.run_until(lambda: client.handshake_confirmed)
 
 
+def streams_drained(conn: Connection, sinks: dict[int, bytearray]) -> Callable[[], bool]:
+    """A run_until condition: each stream of ``sinks`` read into its sink up to its FIN."""
+    done: set[int] = set()
+
+    def drained() -> bool:
+        while (chunk := conn.read_stream(65536)) is not None:
+            sid, data, fin = chunk
+            sinks[sid] += data
+            if fin:
+                done.add(sid)
+        return done == set(sinks)
+
+    return drained
+
+
 def read_all(conn: Connection, sid: int, sink: bytearray) -> bool:
     """Drain what ``conn`` has for ``sid``; True once FIN was read."""
     fin_seen = False
@@ -276,19 +292,9 @@ def test_a_bulk_flush_shares_packets_between_streams_within_the_window() -> None
         owners.append(packet.frames[0][1].stream_id)
     assert all(a != b for a, b in itertools.pairwise(owners))  # in turn
     sinks = {sid: bytearray() for sid in sids}
-    done: set[int] = set()
-
-    def drained() -> bool:
-        while (chunk := pair.client.read_stream(65536)) is not None:
-            sid, data, fin = chunk
-            sinks[sid] += data
-            if fin:
-                done.add(sid)
-        return done == set(sids)
-
     for datagram in sent:
         pair.client.receive_datagram(datagram, SERVER_ADDR, pair.now)
-    pair.run_until(drained)
+    pair.run_until(streams_drained(pair.client, sinks))
     assert sinks == payloads
 
 
@@ -332,17 +338,7 @@ def test_many_streams_with_heavy_loss() -> None:
         payloads[sid] = os.urandom(20_000)
         pair.client.send_stream(sid, payloads[sid], True, True)
     got: dict[int, bytearray] = {sid: bytearray() for sid in payloads}
-    finished: set[int] = set()
-
-    def drained() -> bool:
-        while (chunk := pair.server.read_stream(65536)) is not None:
-            sid, data, fin = chunk
-            got[sid] += data
-            if fin:
-                finished.add(sid)
-        return finished == set(payloads)
-
-    pair.run_until(drained, limit=200000)
+    pair.run_until(streams_drained(pair.server, got), limit=200000)
     assert {sid: bytes(data) for sid, data in got.items()} == payloads
 
 
