@@ -1212,9 +1212,11 @@ class Connection:
         if self.state != State.ESTABLISHING and self.state != State.ESTABLISHED:
             return []
         out = []
+        if self._key_spent():
+            return out
         if self.plpmtud is not None and self.plpmtud.probe_pending:
             out.append(self._build_pmtu_probe(now))
-        while len(out) < MAX_DATAGRAMS_PER_FLUSH:
+        while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
             datagram = self._build_datagram(now)
             if datagram is None:
                 break
@@ -1222,6 +1224,13 @@ class Connection:
             if self._only_streams_left():
                 self._stream_run(now, out)
         return out
+
+    def _key_spent(self) -> bool:
+        """RFC 9001 §6.6: one more packet would reach the key's confidentiality limit.
+        Sending then waits until a key update can start (our previous one acknowledged,
+        §6.1), instead of ending the connection, as reaching the limit must."""
+        limit = self.confidentiality_limit  # 0 until the 1-RTT keys are known
+        return 0 < limit <= self.packets_on_key + 1 and not self.update_keys()
 
     def _only_streams_left(self) -> bool:
         """Whether the next packets would carry STREAM frames and nothing else: 1-RTT
@@ -1257,14 +1266,14 @@ class Connection:
         cc = recovery.cc
         overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
         ect = self.ecn_codepoint == ECT_0
-        while len(out) < MAX_DATAGRAMS_PER_FLUSH:
+        while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
             release = pacer.next_send_time(now)
             if release > now:
                 self.pacing_deadline = release
                 return
             pn = space.next_pn
             pn_len = packet_number_length(pn, space.largest_acked)
-            room = min(self.max_datagram_size - overhead - pn_len, cc.available(now))
+            room = min(self.max_datagram_size, cc.available(now)) - overhead - pn_len
             if room < 32:
                 return
             sid = next(iter(sending))
@@ -1291,8 +1300,6 @@ class Connection:
             if self.trace is not None:
                 self.trace("transport:packet_sent", _sent_event(PacketType.ONE_RTT, sent))
             out.append(datagram)
-            if self.state != State.ESTABLISHED:
-                return  # the key reached its confidentiality limit (_count_protected)
             if not send.has_data() or room - len(header) - length >= 32:
                 return  # the general path retires the stream or fills the room
             del sending[sid]  # round-robin, as _fill_streams goes
@@ -1509,7 +1516,8 @@ class Connection:
         ack_part = self._ack_frame(level, space_id, now, force=False)
         if ack_part is not None:
             room -= len(ack_part)
-        elicit_room = min(room, cc_room) if cc_room > 0 else 0
+        # Frames that elicit an ACK only within the window, headers and ACK included.
+        elicit_room = min(room, cc_room - (max_size - room))
         used = self._fill_packet(level, elicit_room, parts, records, now)
         if not parts:
             if ack_part is None or not self._ack_due(level, space, now):

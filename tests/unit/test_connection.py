@@ -545,6 +545,34 @@ def test_confidentiality_limit_triggers_an_update_on_its_own() -> None:
     assert client.state == State.ESTABLISHED
 
 
+def test_a_spent_key_holds_sending_until_its_update_may_start() -> None:
+    """RFC 9001 §6.1, §6.6: a key update waits for the ACK of a packet on the current
+    keys, so a sender unacknowledged that long stops one packet short of the limit, and
+    goes on once the ACK lets it update, instead of ending the connection."""
+    pair = Pair()
+    pair.handshake()
+    client = pair.client
+    client.confidentiality_limit = 40
+    client.pacer.burst = 1 << 30
+    client.recovery.cc._cwnd = 1 << 30
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, os.urandom(200_000), True, True)
+    assert client.update_keys()  # its first packets on the new keys wait for an ACK
+    held = []
+    for _ in range(50):  # pacing spreads them over a few milliseconds
+        pair.now += 0.002
+        held += client.datagrams_to_send(pair.now)
+    assert len(held) == 39
+    assert client.state == State.ESTABLISHED and client.packets_on_key == 39
+    for datagram in held:
+        pair.server.receive_datagram(datagram, CLIENT_ADDR, pair.now)
+    for ack in pair.server.datagrams_to_send(pair.now):
+        client.receive_datagram(ack, SERVER_ADDR, pair.now)
+    assert client.datagrams_to_send(pair.now)
+    assert client.key_phase == 0  # the next update started, and the data goes on
+    assert client.state == State.ESTABLISHED and client.packets_on_key <= 39
+
+
 def test_integrity_limit_closes_with_aead_limit_reached() -> None:
     pair = Pair()
     pair.handshake()
