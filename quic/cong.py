@@ -32,6 +32,16 @@ ALPHA_CUBIC = 3 * (1 - BETA_CUBIC) / (1 + BETA_CUBIC)
 
 # Smallest RTT the pacer divides by; below a millisecond no timer could honour the rate.
 _MIN_PACING_RTT = 0.001
+# The pacer's bucket holds what the pacing rate releases in PACING_BURST_INTERVAL, at
+# most PACING_BURST_BYTES, and never less than an initial window (RFC 9002 §7.7). A
+# sender woken by a timer thread cannot space packets much finer than its wake-ups,
+# which come about a millisecond apart at best: with a bucket of one initial window a
+# fast flow of 1200-byte datagrams waited for a timer after every tenth, and the
+# wake-ups cost more than the packets they let out. Bursts of 32 such datagrams moved
+# the most on loopback; larger ones did worse, and large datagrams (PLPMTUD) gained
+# nothing over their initial window, which already spans a millisecond's worth.
+PACING_BURST_INTERVAL = 0.002
+PACING_BURST_BYTES = 32 * 1200
 
 
 def kInitialWindow(max_datagram_size: int) -> int:
@@ -333,30 +343,38 @@ class Cubic(CongestionControl):
 class Pacer:
     """Token bucket spreading a window over an RTT (RFC 9002 §7.7).
 
-    Tokens accrue at N * cwnd / smoothed_rtt bytes per second up to ``burst`` bytes, an
-    initial window by default, so a sender starting from idle may burst that much and
-    is then paced. Both calls are a few float operations: the packetizer asks per packet.
+    Tokens accrue at N * cwnd / smoothed_rtt bytes per second up to ``burst`` bytes:
+    PACING_BURST_INTERVAL of that rate within PACING_BURST_BYTES, or an initial window
+    when more (as at the start), unless the caller fixes the burst. Both calls are a
+    few float operations: the packetizer asks per packet.
     """
 
-    __slots__ = ("_last", "_rate", "_tokens", "burst", "max_datagram_size")
+    __slots__ = ("_adaptive", "_last", "_rate", "_tokens", "burst", "max_datagram_size")
 
     def __init__(self, max_datagram_size: int = 1200, burst: int | None = None) -> None:
         self.max_datagram_size = max_datagram_size
-        self.burst = kInitialWindow(max_datagram_size) if burst is None else burst
+        self._rate = kPacingFactor * kInitialWindow(max_datagram_size) / kInitialRtt
+        self._adaptive = burst is None
+        self.burst = self._rate_burst() if burst is None else burst
         self._tokens = float(self.burst)
         self._last = -math.inf
-        self._rate = kPacingFactor * kInitialWindow(max_datagram_size) / kInitialRtt
+
+    def _rate_burst(self) -> float:
+        burst = min(self._rate * PACING_BURST_INTERVAL, PACING_BURST_BYTES)
+        return max(kInitialWindow(self.max_datagram_size), burst)
 
     def set_max_datagram_size(self, size: int) -> None:
         """Follow a PLPMTUD change: the bucket must hold a full datagram, or none
         would ever leave."""
         self.max_datagram_size = size
-        self.burst = kInitialWindow(size)
+        self.burst = self._rate_burst() if self._adaptive else max(self.burst, size)
         if self._tokens > self.burst:
             self._tokens = float(self.burst)
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         self._rate = kPacingFactor * congestion_window / max(smoothed_rtt, _MIN_PACING_RTT)
+        if self._adaptive:
+            self.burst = self._rate_burst()
 
     def next_send_time(self, now: float) -> float:
         """When a full-sized datagram may leave: ``now`` if it may leave at once."""

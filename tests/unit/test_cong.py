@@ -10,6 +10,8 @@ from quic.cong import (
     ALPHA_CUBIC,
     BETA_CUBIC,
     C_CUBIC,
+    PACING_BURST_BYTES,
+    PACING_BURST_INTERVAL,
     Cubic,
     NewReno,
     Pacer,
@@ -428,6 +430,22 @@ def test_pacer_initial_burst_then_paced():
         now = pacer.next_send_time(now)
         pacer.on_sent(MSS, now)
     assert now - start == pytest.approx(srtt / 1.25, rel=0.03)
+
+
+def test_pacer_burst_is_two_milliseconds_of_the_rate_within_bounds():
+    pacer = Pacer(MSS)
+    assert pacer.burst == kInitialWindow(MSS)  # from idle: an initial window
+    pacer.update_rate(20_000, 0.01)  # 2.5 MB/s: 5 kB in 2 ms, less than a window
+    assert pacer.burst == kInitialWindow(MSS)
+    pacer.update_rate(100_000, 0.01)  # 12.5 MB/s: 25 kB in 2 ms
+    assert pacer.burst == pytest.approx(1.25 * 100_000 / 0.01 * PACING_BURST_INTERVAL)
+    pacer.update_rate(10_000_000, 0.01)
+    assert pacer.burst == PACING_BURST_BYTES
+    pacer.set_max_datagram_size(65_000)  # large datagrams: their initial window
+    assert pacer.burst == kInitialWindow(65_000)
+    fixed = Pacer(MSS, burst=MSS)
+    fixed.update_rate(10_000_000, 0.01)
+    assert fixed.burst == MSS
 
 
 def test_pacer_spacing_and_refill():

@@ -133,9 +133,11 @@ def test_ce_marks_reduce_the_window_once_per_round_trip() -> None:
     pair.handshake()
     client, server = pair.client, pair.server
     sid = client.open_stream(uni=False)
-    client.send_stream(sid, os.urandom(500_000), True, True)
-    for _ in range(20):  # let the window grow, unmarked
+    client.send_stream(sid, os.urandom(3_000_000), True, True)
+    for _ in range(20):  # let the window grow, unmarked, as the application reads
         pair.exchange()
+        while server.read_stream(65536) is not None:
+            pass
     seen = ack_counts(client)
 
     def marked_flight() -> int:
