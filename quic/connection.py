@@ -61,6 +61,8 @@ from .frame import (
 )
 from .migration import MAX_CHALLENGES, PathCheck, same_host, validation_timeout
 from .packet import (
+    FIXED_BIT,
+    HEADER_FORM_BIT,
     MIN_INITIAL_SIZE,
     SUPPORTED_VERSIONS,
     PacketType,
@@ -541,27 +543,51 @@ class Connection:
             # RFC 9000 §10.2.1: answer anything with the close again, but not every time.
             self.close_pending = True
             return
-        fixed_bit = not (self.local_params.grease_quic_bit)
-        packets = packets_of(data, self.config.cid_length, fixed_bit_required=fixed_bit)
         moved = addr != self.peer_addr
         self._packet_addr = addr
         self._non_probing = False
-        unopened = False
-        try:
-            for header in packets:
-                try:
-                    unopened |= not self._receive_packet(data, header, addr, now, ecn)
-                except QuicError as exc:
-                    self._close_on_error(exc, now)
-                    return
-                if self.state >= State.DRAINING:
-                    return
-        except QuicError:
-            unopened = True  # the rest of the datagram is malformed: drop it, keep what came before
+        first = data[0] if data else HEADER_FORM_BIT
+        fixed_bit = not self.local_params.grease_quic_bit
+        if (
+            not first & HEADER_FORM_BIT
+            and self.recv_keys[APP] is not None
+            and len(data) > 1 + self.config.cid_length
+            and (first & FIXED_BIT or not fixed_bit)
+        ):
+            # Nearly every datagram: one 1-RTT packet, our CID at a fixed place.
+            try:
+                unopened = not self._receive_short(data, addr, now, ecn)
+            except QuicError as exc:
+                self._close_on_error(exc, now)
+                return
+        else:
+            unopened = self._receive_packets(data, addr, now, ecn, fixed_bit)
+        if unopened is None or self.state >= State.DRAINING:
+            return
         if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
             self._on_stateless_reset(now)
         elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
             self._on_peer_address_change(addr, len(data), now)
+
+    def _receive_packets(
+        self, data: bytes, addr: tuple, now: float, ecn: int, fixed_bit: bool
+    ) -> bool | None:
+        """Each packet of a datagram in turn: whether one could not be opened, or None
+        once one broke the protocol and closed the connection. A datagram whose rest
+        does not parse keeps the packets before it."""
+        unopened = False
+        try:
+            for header in packets_of(data, self.config.cid_length, fixed_bit_required=fixed_bit):
+                try:
+                    unopened |= not self._receive_packet(data, header, addr, now, ecn)
+                except QuicError as exc:
+                    self._close_on_error(exc, now)
+                    return None
+                if self.state >= State.DRAINING:
+                    return None
+        except QuicError:
+            unopened = True  # the rest of the datagram is malformed: drop it
+        return unopened
 
     def _on_stateless_reset(self, now: float) -> None:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
@@ -606,6 +632,42 @@ class Connection:
             if level == APP:
                 self._count_failed_open()
             return False
+        cids = (header.dcid, header.scid)
+        return self._on_packet(
+            ptype, space, plain_header, pn, payload, len(packet), cids, addr, now, ecn
+        )
+
+    def _receive_short(self, data: bytes, addr: tuple, now: float, ecn: int) -> bool:
+        """A datagram that is one 1-RTT packet, its keys at hand: what _receive_packet
+        does for it, without parsing a Header first. False if it did not open."""
+        packet = memoryview(data)
+        pn_offset = 1 + self.config.cid_length
+        space = self.spaces[PacketNumberSpace.APPLICATION]
+        try:
+            plain_header, pn, payload = self._open_app_packet(packet, pn_offset, space, now)
+        except DecryptionError:
+            self._count_failed_open()
+            return False
+        cids = (bytes(packet[1:pn_offset]), b"")
+        return self._on_packet(
+            PacketType.ONE_RTT, space, plain_header, pn, payload, len(data), cids, addr, now, ecn
+        )
+
+    def _on_packet(
+        self,
+        ptype: PacketType,
+        space: PnSpace,
+        plain_header: bytes,
+        pn: int,
+        payload: bytes,
+        size: int,
+        cids: tuple[bytes, bytes],
+        addr: tuple,
+        now: float,
+        ecn: int,
+    ) -> bool:
+        """An opened packet: its frames, then its number for the ACKs. ``cids`` are its
+        header's Destination and Source Connection IDs (none in a short header)."""
         first = plain_header[0]
         if first & (0x0C if first & 0x80 else 0x18):
             raise QuicError(TransportError.PROTOCOL_VIOLATION, 0, "reserved header bits set")
@@ -613,17 +675,18 @@ class Connection:
             return True
         if ptype == PacketType.INITIAL and self.is_client and not self.spaces[0].ranges:
             # The server chose its own CID: our packets carry it from now on.
-            self.dest_cids.replace_initial(header.scid)
+            self.dest_cids.replace_initial(cids[1])
         if ptype == PacketType.HANDSHAKE and not self.is_client:
             # RFC 9001 §4.9.1: a Handshake packet proves the client's address and ends
             # the Initial space for the server.
             self.peer_address_validated = True
             self._discard_level(INITIAL)
-        self._packet_dcid = header.dcid
+        self._packet_dcid = cids[0]
         frames = decode_frames(payload)
         check_frames_allowed(frames, ptype)
         if self.trace is not None:
-            self.trace("transport:packet_received", _packet_event(ptype, pn, len(packet), frames))
+            self.trace("transport:packet_received", _packet_event(ptype, pn, size, frames))
+        level = PACKET_LEVEL[ptype]
         ack_eliciting = False
         handlers = self._handlers
         for frame in frames:
