@@ -19,6 +19,7 @@ RFC 9000 §12.4 permits, since a client cannot yet know which CIDs the server is
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -648,6 +649,13 @@ del _types, _decoder, _t
 _NONZERO = re.compile(b"[^\x00]")
 
 
+# A packet of a bulk transfer holds one STREAM frame with Offset and Length fields: a
+# 1-byte stream ID, a 4-byte offset (16 KiB to 1 GiB into the stream) and a 2-byte
+# length. Read with one unpack, it decodes in a third of the time of the general walk.
+_BULK_STREAM = struct.Struct(">BBIH")
+_BULK_HEADER = _BULK_STREAM.size
+
+
 def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     """All frames of a decrypted packet payload, in order.
 
@@ -657,6 +665,13 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     end = len(payload)
     if not end:
         raise QuicError(PROTOCOL_VIOLATION, 0, "packet without frames")
+    if payload[0] | 1 == 0x0F and end > _BULK_HEADER:
+        ftype, sid, offset, length = _BULK_STREAM.unpack_from(payload)
+        # Varint prefixes 00, 10 and 01: 1, 4 and 2 bytes; and the frame ends the packet.
+        shape = sid >> 6 == 0 and offset >> 30 == 2 and length >> 14 == 1
+        if shape and length & 0x3FFF == end - _BULK_HEADER:
+            data = memoryview(payload)[_BULK_HEADER:]
+            return [Stream(sid, offset & 0x3FFF_FFFF, data, bool(ftype & STREAM_FIN_BIT))]
     r = Reader(payload)
     frames: list[Frame] = []
     append = frames.append

@@ -153,6 +153,34 @@ def test_stream_data_is_zero_copy_view() -> None:
     assert bytes(frame.data[-1:]) == b"y"
 
 
+@given(
+    st.sampled_from([0, 63, 64, 0x3FFF]),
+    st.sampled_from([0, 0x3FFF, 0x4000, 0x3FFF_FFFF, 0x4000_0000]),
+    st.sampled_from([0, 1, 63, 64, 1150, 0x3FFF, 0x4000]),
+    st.booleans(),
+    st.sampled_from([b"", b"\x01", bytes(3)]),
+)
+def test_stream_frames_of_every_field_width_decode_alike(
+    sid: int, offset: int, length: int, fin: bool, tail: bytes
+) -> None:
+    """A one-frame bulk packet is read by a shortcut (1-, 4- and 2-byte fields); any
+    other width, or a frame that does not end the payload, by the general walk, with
+    the same result."""
+    data = bytes(range(256)) * (length // 256 + 1)
+    payload = encode_stream_header(sid, offset, length, fin) + data[:length] + tail
+    frames = decode_frames(payload)
+    assert frames[0] == Stream(sid, offset, data[:length], fin)
+    assert len(frames) == 1 + bool(tail)  # then a PING, or one PADDING run
+
+
+def test_a_stream_length_of_another_width_is_not_taken_for_a_short_one() -> None:
+    """Its first two bytes could pass for a 2-byte Length; the prefix tells them apart."""
+    header = bytes([0x0E, 4]) + (0x8000_0000 | 5000).to_bytes(4, "big")
+    wide = header + (0x8000_0000 | 0x4000).to_bytes(4, "big") + bytes(0x4000)
+    [frame] = decode_frames(wide)
+    assert frame.offset == 5000 and len(frame.data) == 0x4000
+
+
 def test_crypto_header_helper() -> None:
     assert encode_crypto_header(0x40, 1) == bytes.fromhex("06 4040 01")
 
