@@ -132,6 +132,7 @@ def initial_secrets(dcid: bytes, version: int) -> tuple[bytes, bytes]:
 # Recent releases of cryptography write the ciphertext into a caller's buffer; with
 # older ones it comes back as a new bytes object and is copied into place.
 _ENCRYPT_INTO = all(hasattr(aead, "encrypt_into") for aead in (AESGCM, AESCCM, ChaCha20Poly1305))
+_ENCRYPT_INTO_MIN = 4096  # payload bytes from which writing in place beats a copy
 
 
 class PacketKeys:
@@ -209,22 +210,24 @@ class PacketKeys:
         """Seal ``payload`` under ``header`` (which ends with the packet number) and apply
         header protection; returns the packet as it goes on the wire.
 
-        The ciphertext is written straight after the header in the packet's buffer: for
-        a large datagram each extra copy costs as much as a fifth of its encryption.
-        Every packet passes here, so the nonce and the mask are computed in place.
+        A large payload's ciphertext is written straight after the header in the
+        packet's buffer: for a 64 KiB datagram each extra copy costs as much as a fifth
+        of its encryption. A small one's is appended, which costs less than handing
+        cryptography a buffer (1200 bytes: 2.5 against 2.9 us a packet). Every packet
+        passes here, so the nonce and the mask are computed in place.
         """
         header_len = len(header)
-        out = bytearray(header_len + len(payload) + AEAD_TAG_SIZE)
-        out[:header_len] = header
-        view = memoryview(out)
         nonce = (self._iv_int ^ pn).to_bytes(12, "big")
-        if _ENCRYPT_INTO:
-            self._aead.encrypt_into(nonce, payload, header, view[header_len:])
+        if _ENCRYPT_INTO and len(payload) >= _ENCRYPT_INTO_MIN:
+            out = bytearray(header_len + len(payload) + AEAD_TAG_SIZE)
+            out[:header_len] = header
+            self._aead.encrypt_into(nonce, payload, header, memoryview(out)[header_len:])
         else:
-            out[header_len:] = self._aead.encrypt(nonce, bytes(payload), bytes(header))
+            out = bytearray(header)
+            out += self._aead.encrypt(nonce, payload, header)
         first = header[0]
         pn_offset = header_len - (first & 0x03) - 1
-        sample = view[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]
+        sample = out[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]
         hp = self._hp_ecb
         mask = hp.update(sample) if hp is not None else self.hp_mask(sample)
         out[0] = first ^ (mask[0] & (0x0F if first & 0x80 else 0x1F))
