@@ -64,6 +64,8 @@ class PnSpace:
     # receive side
 
     def is_duplicate(self, pn: int) -> bool:
+        if pn > self.largest_received:
+            return False  # newer than any received, the usual case (floor is below)
         if pn < self.floor:
             return True
         ranges = self.ranges

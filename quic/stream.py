@@ -957,6 +957,8 @@ class StreamManager:
         if the peer opens it now. None for a stream already closed and forgotten: the
         frame is then a late retransmission and changes nothing."""
         stream = self.streams.get(sid)
+        if stream is not None and not sid & uapi.QUIC_STREAM_TYPE_UNI_MASK:
+            return stream  # an open bidirectional stream: any frame may name it
         local = stream_is_local(sid, self.is_client)
         uni = stream_is_uni(sid)
         # RFC 9000 §19.5, §19.8, §19.10: a frame for the half a uni stream lacks.
