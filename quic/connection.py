@@ -69,8 +69,8 @@ from .packet import (
     decode_packet_number,
     encode_long_header,
     encode_short_header,
+    iter_packets,
     packet_number_length,
-    packets_of,
     verify_retry,
 )
 from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, SearchState
@@ -577,7 +577,7 @@ class Connection:
         does not parse keeps the packets before it."""
         unopened = False
         try:
-            for header in packets_of(data, self.config.cid_length, fixed_bit_required=fixed_bit):
+            for header in iter_packets(data, self.config.cid_length, fixed_bit_required=fixed_bit):
                 try:
                     unopened |= not self._receive_packet(data, header, addr, now, ecn)
                 except QuicError as exc:
@@ -1325,8 +1325,7 @@ class Connection:
         """
         space = self.spaces[PacketNumberSpace.APPLICATION]
         sending, streams, flow = self.sending, self.streams, self.flow_send
-        recovery, pacer = self.recovery, self.pacer
-        cc = recovery.cc
+        pacer, cc = self.pacer, self.recovery.cc
         overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
         ect = self.ecn_codepoint == ECT_0
         while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
@@ -1354,14 +1353,9 @@ class Connection:
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
             datagram = self._seal(APP, [header, data], sent, pn_len)
-            size = sent.sent_bytes = len(datagram)
-            space.take_pn()
-            recovery.on_packet_sent(sent)
-            pacer.on_sent(size, now)
-            self.last_activity = now
-            self.bytes_sent += size
-            if self.trace is not None:
-                self.trace("transport:packet_sent", _sent_event(PacketType.ONE_RTT, sent))
+            sent.sent_bytes = len(datagram)
+            self._on_sealed(APP, sent, now)
+            self.bytes_sent += len(datagram)
             out.append(datagram)
             if not send.has_data() or room - len(header) - length >= 32:
                 return  # the general path retires the stream or fills the room
@@ -1477,7 +1471,6 @@ class Connection:
         self.pad_next = False
         datagram = b""
         last = built[-1]
-        trace = self.trace
         for packet in built:
             level, _, payload_parts, sent, pn_len = packet
             if needs_padding and packet is last:
@@ -1490,17 +1483,22 @@ class Connection:
             sent.sent_bytes = len(encoded)
             # One packet (the usual case) is the datagram: no copy of it.
             datagram = datagram + encoded if datagram else encoded
-            self.spaces[LEVEL_SPACE[level]].take_pn()
-            self.recovery.on_packet_sent(sent)
-            if sent.ack_eliciting:
-                self.pacer.on_sent(sent.sent_bytes, now)
-                self.last_activity = now
-            if trace is not None:
-                trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
+            self._on_sealed(level, sent, now)
             if level == HANDSHAKE and self.is_client:
                 self._discard_level(INITIAL)  # RFC 9001 §4.9.1
         self.bytes_sent += len(datagram)
         return datagram
+
+    def _on_sealed(self, level: int, sent: SentPacket, now: float) -> None:
+        """A packet sealed for sending: its number is taken, recovery and pacing count
+        it, and an ack-eliciting one restarts the idle timer (RFC 9000 §10.1)."""
+        self.spaces[LEVEL_SPACE[level]].take_pn()
+        self.recovery.on_packet_sent(sent)
+        if sent.ack_eliciting:
+            self.pacer.on_sent(sent.sent_bytes, now)
+            self.last_activity = now
+        if self.trace is not None:
+            self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
 
     def _header_size(self, level: int, pn_len: int) -> int:
         dcid = len(self.dest_cids.active.cid)

@@ -273,35 +273,6 @@ def iter_packets(
         offset = header.packet_end
 
 
-def packets_of(
-    datagram: bytes | bytearray | memoryview,
-    short_dcid_len: int,
-    *,
-    fixed_bit_required: bool = True,
-) -> Iterator[Header]:
-    """:func:`iter_packets`, with its common case first. Nearly every datagram of an
-    established connection is one short-header packet, which fills the datagram and
-    whose header is the first byte and our CID: its Header needs no parser, and a
-    receiver saves the walk for each of them."""
-    cid_end = 1 + short_dcid_len
-    first = datagram[0] if datagram else HEADER_FORM_BIT
-    if (
-        first & HEADER_FORM_BIT
-        or len(datagram) <= cid_end
-        or (fixed_bit_required and not first & FIXED_BIT)
-    ):
-        return iter_packets(datagram, short_dcid_len, fixed_bit_required=fixed_bit_required)
-    header = Header(
-        PacketType.ONE_RTT,
-        0,
-        bytes(datagram[1:cid_end]),
-        first_byte=first,
-        pn_offset=cid_end,
-        packet_end=len(datagram),
-    )
-    return iter((header,))
-
-
 def peek_dcid(datagram: bytes | bytearray | memoryview, short_dcid_len: int) -> bytes:
     """The Destination Connection ID from the invariant header fields (RFC 8999 §5), for
     demultiplexing before knowing whether the version is one we speak."""

@@ -22,7 +22,6 @@ from quic.packet import (
     long_packet_type,
     long_type_bits,
     packet_number_length,
-    packets_of,
     parse_header,
     peek_dcid,
     truncate_packet_number,
@@ -446,24 +445,3 @@ def test_packet_number_length_suffices(pn: int, gap: int) -> None:
     # The peer has processed at least largest_acked; it recovers pn from that.
     largest = max(largest_acked, -1)
     assert decode_packet_number(truncate_packet_number(pn, length), 8 * length, largest) == pn
-
-
-@pytest.mark.parametrize("fixed_bit_required", [True, False])
-def test_packets_of_reads_like_iter_packets(fixed_bit_required: bool) -> None:
-    """The short-header shortcut yields what the general walk yields, and leaves to it
-    what it cannot judge: long headers, a cleared fixed bit, a datagram too short."""
-    cid = bytes(range(8))
-    short = encode_short_header(cid, 7, 2, 0) + bytes(40)
-    cleared = bytes((short[0] & ~0x40,)) + short[1:]
-    initial = encode_long_header(
-        PacketType.INITIAL, QUIC_VERSION_1, cid, b"s", b"", 22, 1, 2
-    ) + bytes(20)
-    for datagram in (short, cleared, initial, short[:9]):
-        try:
-            expected = list(iter_packets(datagram, 8, fixed_bit_required=fixed_bit_required))
-        except QuicError:
-            with pytest.raises(QuicError):
-                list(packets_of(datagram, 8, fixed_bit_required=fixed_bit_required))
-            continue
-        got = list(packets_of(datagram, 8, fixed_bit_required=fixed_bit_required))
-        assert got == expected
