@@ -284,6 +284,9 @@ class Connection:
         # What the socket layer reads.
         self.crypto_inbox: deque[tuple[int, bytes]] = deque()
         self.readable: dict[int, None] = {}
+        # The last read_stream made new credit due (MAX_DATA, MAX_STREAM_DATA, or
+        # MAX_STREAMS after a FIN): only then has the reader anything to send.
+        self.credit_due = False
         self.datagrams_in: deque[bytes] = deque()
         self.notifications: deque[tuple[int, bytes]] = deque()
         # What is waiting to be sent.
@@ -2053,6 +2056,7 @@ class Connection:
             self.streams.note_window_change(stream)
             if fin:
                 self.streams.maybe_forget(sid)
+            self.credit_due = fin or self.flow_recv.update_due() or stream.recv.update_due()
             return sid, data, fin
         return None
 

@@ -879,7 +879,8 @@ class QuicSocket:
                         self.active_stream = sid
                     sflags = uapi.MSG_QUIC_STREAM_FIN if fin else 0
                     record = uapi.QuicStreamInfo(sid, sflags).pack()
-                    self.flush()
+                    if conn.credit_due:
+                        self.flush()  # the new credit leaves at once; nothing else is due
                     return data, [(uapi.SOL_QUIC, uapi.QUIC_STREAM_INFO, record)], sflags, peer
                 raise self._closed_error() if conn.state >= State.CLOSING else _err(errno.EAGAIN)
             finally:

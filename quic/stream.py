@@ -683,6 +683,12 @@ class RecvStream:
     def stop_sending(self, error_code: int) -> None:
         self.stop_code = error_code
 
+    def update_due(self) -> bool:
+        """Whether :meth:`max_stream_data_update` would announce a limit now."""
+        if self.final_size is not None or self.reset_code is not None:
+            return False
+        return self._update_lost or self._buf.read_offset > self.max_stream_data - self.window // 2
+
     def max_stream_data_update(self) -> int | None:
         """A larger MAX_STREAM_DATA once the application has consumed more than half the
         window: the new limit is what it consumed plus the window. None when no update
@@ -823,6 +829,10 @@ class FlowController:
 
     def on_consumed(self, n: int) -> None:
         self.consumed += n
+
+    def update_due(self) -> bool:
+        """Whether :meth:`max_data_update` would announce a limit now."""
+        return self.consumed > self.limit - self.window // 2
 
     def max_data_update(self) -> int | None:
         """A larger MAX_DATA once the application has consumed more than half the window."""
