@@ -1806,12 +1806,10 @@ class Connection:
     def _idle_timeout(self) -> float:
         """RFC 9000 §10.1: the smaller non-zero max_idle_timeout of both sides, never below
         three PTOs; a large value when neither side sets one."""
-        values = [self.local_params.max_idle_timeout]
-        if self.peer_params is not None:
-            values.append(self.peer_params.max_idle_timeout)
-        values = [v for v in values if v]
-        timeout = min(values) / 1000 if values else 3600.0
-        return max(timeout, 3 * self.recovery.pto_interval())
+        ours = self.local_params.max_idle_timeout
+        theirs = self.peer_params.max_idle_timeout if self.peer_params is not None else 0
+        timeout = min(ours, theirs) if ours and theirs else ours or theirs
+        return max(timeout / 1000 if timeout else 3600.0, 3 * self.recovery.pto_interval())
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next."""

@@ -45,6 +45,10 @@ class PacketNumberSpace(IntEnum):
     APPLICATION = 2
 
 
+# Iterating the enum class builds a generator each time; the timers do it per packet.
+SPACES = tuple(PacketNumberSpace)
+
+
 @dataclass(slots=True)
 class SentPacket:
     """What recovery keeps of a packet until it is acknowledged, lost or discarded.
@@ -361,7 +365,7 @@ class LossRecovery:
     def _earliest_loss_time(self) -> tuple[float | None, PacketNumberSpace]:
         earliest: float | None = None
         earliest_space = PacketNumberSpace.INITIAL
-        for space in PacketNumberSpace:
+        for space in SPACES:
             t = self._spaces[space].loss_time
             if t is not None and (earliest is None or t < earliest):
                 earliest, earliest_space = t, space
@@ -386,7 +390,7 @@ class LossRecovery:
             return self._timer_base + rtt.pto(0.0, False) * backoff, space
         pto_time: float | None = None
         pto_space = PacketNumberSpace.INITIAL
-        for space in PacketNumberSpace:
+        for space in SPACES:
             sp = self._spaces[space]
             if not sp.ack_eliciting_in_flight:
                 continue
