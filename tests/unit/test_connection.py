@@ -401,6 +401,32 @@ def test_peer_reset_releases_connection_credit() -> None:
     transfer(pair, 100_000)  # more than the initial window: credit keeps flowing
 
 
+def test_a_read_says_when_it_made_credit_due() -> None:
+    """The socket flushes after a read only when credit_due: it must hold exactly when
+    the next packet would carry MAX_STREAM_DATA or MAX_DATA, and after a FIN."""
+    pair = Pair(initial_max_data=38_000, initial_max_stream_data_bidi_remote=20_000)
+    pair.handshake()
+    client, server = pair.client, pair.server
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, bytes(20_000), False, True)
+    pair.run_until(lambda: server.streams.get(sid) and server.streams.get(sid).recv.readable)
+    pair.run_until(lambda: server.streams.get(sid).recv.readable == 20_000)
+    stream = server.streams.get(sid)
+    sid_read, data, fin = server.read_stream(8_000)
+    assert (sid_read, len(data), fin) == (sid, 8_000, False)
+    assert not server.credit_due and stream.recv.max_stream_data_update() is None
+    server.read_stream(3_000)  # past half the stream window
+    assert server.credit_due
+    assert stream.recv.update_due() and not server.flow_recv.update_due()
+    server.read_stream(10_000)  # past half the connection window too
+    assert server.credit_due and server.flow_recv.update_due()
+    client.send_stream(sid, b"", True, False)
+    pair.run_until(lambda: stream.recv.fin_ready)
+    assert not stream.recv.update_due()  # the final size is known: no more credit
+    *_, fin = server.read_stream(100_000)
+    assert fin and server.credit_due  # the stream's end may free a MAX_STREAMS slot
+
+
 def test_pacing_spreads_a_window_over_the_rtt() -> None:
     pair = Pair()
     pair.handshake()
