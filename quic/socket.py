@@ -120,9 +120,10 @@ class QuicSocket:
         self._preferred_path: _PreferredPath | None = None
         self._via_preferred = False
         self._reset_routes: set[bytes] = set()
-        self._ready_r, self._ready_w = os.pipe()
-        os.set_blocking(self._ready_r, False)
-        os.set_blocking(self._ready_w, False)
+        # The readiness pipe behind fileno(), made by its first call: until then no
+        # selector can watch it, and keeping it in step costs two system calls per
+        # wake-up of a blocking reader.
+        self._ready_r = self._ready_w = -1
         self._ready = False
         self._released = False
         # Handshake output held back until this time (None: not held); see _corked.
@@ -146,8 +147,15 @@ class QuicSocket:
         self._timeout = None if flag else 0.0
 
     def fileno(self) -> int:
-        """Readable when recvmsg/accept would not block (for selectors and asyncio)."""
-        return self._ready_r
+        """Readable when recvmsg/accept would not block (for selectors and asyncio); -1
+        once closed."""
+        with self._lock:
+            if self._ready_r < 0 and not self._released:
+                self._ready_r, self._ready_w = os.pipe()
+                os.set_blocking(self._ready_r, False)
+                os.set_blocking(self._ready_w, False)
+                self._update_ready()
+            return self._ready_r
 
     def getsockname(self) -> tuple:
         if self.tunnel is None:
@@ -1250,8 +1258,9 @@ class QuicSocket:
             # gone so that no write lands on a descriptor number reused elsewhere.
             ready_r, ready_w = self._ready_r, self._ready_w
             self._ready_r = self._ready_w = -1
-            os.close(ready_r)
-            os.close(ready_w)
+            if ready_r >= 0:
+                os.close(ready_r)
+                os.close(ready_w)
 
 
 class _PreferredPath:

@@ -197,6 +197,24 @@ def test_nonblocking_socket_is_selectable(pki, server_thread) -> None:
     srv.close()
 
 
+def test_a_readiness_pipe_made_late_starts_in_step(pki, server_thread) -> None:
+    """The pipe behind fileno() is made by its first call, not before: made while a
+    connection already waits in the accept queue, it must say so at once, though
+    nothing happens on the listener after that until accept."""
+    srv = listener()
+    client = server_thread(lambda: connect(srv.getsockname()[1], pki))
+    for _ in range(200):  # bounded: the client's Initial arrives within milliseconds
+        if srv._accept_queue:
+            break
+        time.sleep(0.01)
+    with selectors.DefaultSelector() as sel:
+        sel.register(srv, selectors.EVENT_READ)
+        assert sel.select(1.0), "a queued connection must make the new pipe readable"
+    accept(srv, pki).close()
+    client.join().close()
+    srv.close()
+
+
 def test_closed_port_is_refused_or_times_out(pki) -> None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
