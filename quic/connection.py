@@ -1438,9 +1438,10 @@ class Connection:
         if self.pending_ping:
             # RFC 9002 §7.5: probe packets are not blocked by the congestion window.
             cc_room = max(cc_room, budget)
-        elif cc_room <= 0 and not self._ack_wanted():
+        elif not self._ack_wanted() and (cc_room <= 0 or self._nothing_queued()):
             # Only an ACK may leave without room, and none is owed: this is how each
-            # flush of a window-limited sender ends, so it skips building nothing.
+            # flush of a window-limited sender ends, and of a receiver once its ACK has
+            # left, so neither builds a packet to find nothing in it.
             return None
         built = []
         remaining = budget
@@ -1625,6 +1626,30 @@ class Connection:
         parts.append(b"\x01")
         records.append((REC_PING,))
         return 1
+
+    def _nothing_queued(self) -> bool:
+        """Whether an established connection has no frame to send but ACKs: none queued,
+        none due, no stream data (what :meth:`_fill_packet` draws from)."""
+        streams = self.streams
+        pending = self.pending_max_streams
+        return not (
+            self.sending
+            or self.control
+            or self.datagrams_out
+            or self.pending_ping
+            or self.pad_next
+            or self.handshake_done_pending
+            or self.pending_max_data
+            or pending[0]
+            or pending[1]
+            or streams.window_update_due()
+            or streams.max_streams_due()
+            or self.flow_recv.update_due()
+            or self.state != State.ESTABLISHED
+            or self.send_keys[INITIAL] is not None
+            or self.send_keys[HANDSHAKE] is not None
+            or self.crypto[APP].has_data()
+        )
 
     def _ack_wanted(self) -> bool:
         """Whether any space holds ack-eliciting packets not yet reported, the only case

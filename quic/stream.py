@@ -693,17 +693,13 @@ class RecvStream:
         """A larger MAX_STREAM_DATA once the application has consumed more than half the
         window: the new limit is what it consumed plus the window. None when no update
         is due, or the final size is known (the peer needs no more credit)."""
-        if self.final_size is not None or self.reset_code is not None:
+        if not self.update_due():
             return None
         consumed = self._buf.read_offset
         if consumed > self.max_stream_data - self.window // 2:
             self.max_stream_data = consumed + self.window
-            self._update_lost = False
-            return self.max_stream_data
-        if self._update_lost:
-            self._update_lost = False
-            return self.max_stream_data
-        return None
+        self._update_lost = False
+        return self.max_stream_data
 
     def window_update_lost(self) -> None:
         """The packet carrying our MAX_STREAM_DATA was lost: announce the limit again."""
@@ -836,7 +832,7 @@ class FlowController:
 
     def max_data_update(self) -> int | None:
         """A larger MAX_DATA once the application has consumed more than half the window."""
-        if self.consumed > self.limit - self.window // 2:
+        if self.update_due():
             new_limit = self.consumed + self.window
             if new_limit > self.limit:
                 self.limit = new_limit
@@ -1007,19 +1003,37 @@ class StreamManager:
     def local_max_streams(self, uni: bool) -> int:
         return self.local_max[uni]
 
+    def _max_streams_target(self, uni: bool) -> int | None:
+        initial = self.local_initial[uni]
+        target = self.closed_peer[uni] + initial
+        return target if target - self.local_max[uni] >= max(1, initial // 2) else None
+
+    def max_streams_due(self) -> bool:
+        """Whether :meth:`max_streams_update` would raise either limit now."""
+        target = self._max_streams_target
+        return target(False) is not None or target(True) is not None
+
     def max_streams_update(self, uni: bool) -> int | None:
         """Raise our MAX_STREAMS as peer streams close, so that the peer may always have
         its initial allowance open; announced once half of it has been used up."""
-        initial = self.local_initial[uni]
-        target = self.closed_peer[uni] + initial
-        if target - self.local_max[uni] >= max(1, initial // 2):
+        target = self._max_streams_target(uni)
+        if target is not None:
             self.local_max[uni] = target
-            return target
-        return None
+        return target
 
     def note_window_change(self, stream: Stream) -> None:
         """The application read from ``stream``, or its MAX_STREAM_DATA was lost."""
         self.window_candidates[stream.stream_id] = stream
+
+    def window_update_due(self) -> bool:
+        """Whether :meth:`window_updates` would name a stream. Candidates with nothing
+        due are forgotten, as that call would forget them."""
+        candidates = self.window_candidates
+        if candidates and not any(
+            stream.recv is not None and stream.recv.update_due() for stream in candidates.values()
+        ):
+            candidates.clear()
+        return bool(candidates)
 
     def window_updates(self) -> list[Stream]:
         """Streams whose larger receive window must be announced (MAX_STREAM_DATA);

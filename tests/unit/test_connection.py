@@ -427,6 +427,38 @@ def test_a_read_says_when_it_made_credit_due() -> None:
     assert fin and server.credit_due  # the stream's end may free a MAX_STREAMS slot
 
 
+def test_a_flush_skips_building_only_when_nothing_is_queued() -> None:
+    """_build_datagram ends a flush without building a packet when _nothing_queued()
+    says so: whatever any kind of frame is waiting, it must say no, and the frame
+    must leave in that flush."""
+    from quic.frame import PathChallenge
+
+    pair = Pair(initial_max_data=38_000, initial_max_stream_data_bidi_remote=20_000)
+    pair.handshake()
+    client, server = pair.client, pair.server
+    pair.exchange(5)
+    assert server._nothing_queued() and server.datagrams_to_send(pair.now) == []
+
+    sid = client.open_stream(uni=False)
+    client.send_stream(sid, bytes(11_000), False, True)
+    pair.run_until(lambda: server.streams.get(sid) and server.streams.get(sid).recv.readable)
+    pair.run_until(lambda: server.streams.get(sid).recv.readable == 11_000)
+    pair.exchange(5)
+    server.read_stream(100_000)  # past half the stream window: MAX_STREAM_DATA
+    waiting = {
+        "a window update": lambda: None,
+        "a control frame": lambda: server._queue_control(PathChallenge(bytes(8))),
+        "a probe": lambda: server._send_probe(2, 1),
+        "stream data": lambda: server.send_stream(sid, b"x", False, False),
+    }
+    for what, queue in waiting.items():
+        queue()
+        assert not server._nothing_queued(), what
+        assert server.datagrams_to_send(pair.now), what
+        pair.exchange(5)
+        assert server._nothing_queued(), f"after {what}"
+
+
 def test_pacing_spreads_a_window_over_the_rtt() -> None:
     pair = Pair()
     pair.handshake()
