@@ -321,10 +321,16 @@ class Tunnel:
         sel.close()
 
     def _next_timeout(self) -> float | None:
+        """Seconds until the earliest live deadline. Re-arming leaves the old deadline
+        in the heap; those at the top are dropped here, so that the thread does not wake
+        for them (each wake-up takes the GIL from whoever is working)."""
         with self._lock:
-            if not self._timers:
+            timers, deadlines = self._timers, self._deadlines
+            while timers and deadlines.get(id(timers[0][2])) != timers[0][0]:
+                heapq.heappop(timers)
+            if not timers:
                 return None
-            return max(0.0, self._timers[0][0] - time.monotonic())
+            return max(0.0, timers[0][0] - time.monotonic())
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
