@@ -1304,14 +1304,25 @@ class Connection:
         app = self.spaces[PacketNumberSpace.APPLICATION]
         return bool(
             self.sending
-            and self.state == State.ESTABLISHED
             and self.peer_address_validated
-            and self.send_keys[INITIAL] is None
-            and self.send_keys[HANDSHAKE] is None
-            and not (self.pending_ping or self.pad_next or self.handshake_done_pending)
-            and not (self.control or self.datagrams_out)
             and not (app.ack_eliciting_unacked and app.unreported)
-            and not self.crypto[APP].has_data()
+            and not self._frames_owed()
+        )
+
+    def _frames_owed(self) -> bool:
+        """Whether a frame other than STREAM, ACK or a credit update waits, or a packet
+        may have to be other than 1-RTT: where both the bulk loop and the shortcut out
+        of an empty flush must leave the packet to the general path."""
+        return bool(
+            self.state != State.ESTABLISHED
+            or self.send_keys[INITIAL] is not None
+            or self.send_keys[HANDSHAKE] is not None
+            or self.pending_ping
+            or self.pad_next
+            or self.handshake_done_pending
+            or self.control
+            or self.datagrams_out
+            or self.crypto[APP].has_data()
         )
 
     def _stream_run(self, now: float, out: list) -> None:
@@ -1634,21 +1645,13 @@ class Connection:
         pending = self.pending_max_streams
         return not (
             self.sending
-            or self.control
-            or self.datagrams_out
-            or self.pending_ping
-            or self.pad_next
-            or self.handshake_done_pending
+            or self._frames_owed()
             or self.pending_max_data
             or pending[0]
             or pending[1]
             or streams.window_update_due()
             or streams.max_streams_due()
             or self.flow_recv.update_due()
-            or self.state != State.ESTABLISHED
-            or self.send_keys[INITIAL] is not None
-            or self.send_keys[HANDSHAKE] is not None
-            or self.crypto[APP].has_data()
         )
 
     def _ack_wanted(self) -> bool:
