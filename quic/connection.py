@@ -43,6 +43,7 @@ from .frame import (
     MaxStreams,
     NewConnectionId,
     NewToken,
+    Padding,
     PathChallenge,
     PathResponse,
     Ping,
@@ -164,8 +165,9 @@ class ConnectionConfig:
     ecn: bool = False
 
 
-# RFC 9000 §9.1: frames that probe a path without moving the connection onto it.
-PROBING_FRAMES = (PathChallenge, PathResponse, NewConnectionId)
+# RFC 9000 §9.1: frames that probe a path without moving the connection onto it. A
+# probe is padded to 1200 bytes (§8.2.1), so PADDING is one of them.
+PROBING_FRAMES = (PathChallenge, PathResponse, NewConnectionId, Padding)
 
 # Records kept in SentPacket.frames, telling what to do when a packet is acked or lost.
 REC_ACK, REC_CRYPTO, REC_STREAM, REC_CONTROL, REC_HANDSHAKE_DONE = range(5)

@@ -927,6 +927,31 @@ def test_an_unvalidated_new_address_gets_at_most_three_times_what_it_sent() -> N
     assert sent <= 3 * len(datagram)
 
 
+def test_a_padded_path_probe_does_not_move_the_connection() -> None:
+    """RFC 9000 §9.1: PADDING is a probing frame. A client's PATH_CHALLENGE from its
+    new address, padded to 1200 bytes as §8.2.1 asks, must leave the server on the old
+    path: moving it there (and back at the client's next packet from the old address)
+    rotated the server's connection IDs twice and retired the one its answer carried."""
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(
+        lambda: len(pair.client.dest_cids.ids) > 1 and len(pair.server.dest_cids.ids) > 1
+    )
+    client, server = pair.client, pair.server
+    server_dcid = server.dest_cids.active.cid
+    assert client.migrate(pair.now)
+    probe, _, local = client.probes_out.popleft()
+    assert local == 1 and len(probe) >= 1200
+    new_addr = ("127.0.0.1", 40001)
+    server.receive_datagram(probe, new_addr, pair.now)
+    assert server.peer_addr == CLIENT_ADDR and server.path_check is None
+    assert server.dest_cids.active.cid == server_dcid
+    answer, addr, _ = server.probes_out.popleft()
+    assert addr == new_addr
+    client.receive_datagram(answer, SERVER_ADDR, pair.now)
+    assert client.migrated_local  # validated: the socket may switch
+
+
 def test_the_ack_of_a_path_probe_is_expected() -> None:
     """A PATH_RESPONSE sent on another path takes a packet number; the peer's ACK of it
     must not look like the ACK of a packet never sent."""
