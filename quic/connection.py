@@ -1005,7 +1005,12 @@ class Connection:
             self.control.append((response, (REC_PING,)))
             self.pad_next = True
         else:
-            self.probes_out.append((self._probe([response], now), self._packet_addr, 0))
+            # §9.5: the current path's connection ID must not go to another address.
+            # The answer carries the one a move there switches to (_use_new_dcid): the
+            # current one may be retired by then, and its route gone at the peer.
+            spare = self.dest_cids.spare()
+            dcid = None if spare is None else spare.cid
+            self.probes_out.append((self._probe([response], now, dcid), self._packet_addr, 0))
         return True
 
     def _on_path_response(self, frame: PathResponse, level: int, now: float) -> bool:
@@ -1117,11 +1122,11 @@ class Connection:
         elif now >= check.resend_at and check.sent < MAX_CHALLENGES:
             self._send_challenge(now)
 
-    def _probe(self, frames: list, now: float) -> bytes:
-        """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1). It
-        is recorded as sent but neither in flight nor to be retransmitted: PATH_CHALLENGE
-        and PATH_RESPONSE are never resent as such, and the other path has its own
-        congestion state."""
+    def _probe(self, frames: list, now: float, dcid: bytes | None = None) -> bytes:
+        """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1), to
+        ``dcid`` if given, else to the active connection ID. It is recorded as sent but
+        neither in flight nor to be retransmitted: PATH_CHALLENGE and PATH_RESPONSE are
+        never resent as such, and the other path has its own congestion state."""
         parts = []
         for frame in frames:
             buf = bytearray()
@@ -1140,9 +1145,11 @@ class Connection:
             ect=self.ecn_codepoint == ECT_0,  # it leaves with the same marking
         )
         pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts)
+        if dcid is not None:
+            pad += len(self.dest_cids.active.cid) - len(dcid)  # the estimate's header
         if pad > 0:
             parts.append(bytes(pad))
-        datagram = self._seal(APP, parts, sent)
+        datagram = self._seal(APP, parts, sent, dcid=dcid)
         space.take_pn()
         sent.sent_bytes = len(datagram)
         self.recovery.on_packet_sent(sent)  # so the peer's ACK of it is one we expect
@@ -1532,7 +1539,12 @@ class Connection:
         return self._header_size(level, pn_len) + sum(map(len, payload_parts)) + AEAD_TAG_SIZE
 
     def _seal(
-        self, level: int, payload_parts: list, sent: SentPacket, pn_len: int | None = None
+        self,
+        level: int,
+        payload_parts: list,
+        sent: SentPacket,
+        pn_len: int | None = None,
+        dcid: bytes | None = None,
     ) -> bytes:
         pn = sent.packet_number
         if pn_len is None:
@@ -1541,7 +1553,8 @@ class Connection:
         if len(payload) + pn_len < 4:
             # Header protection samples 16 bytes starting 4 after the packet number.
             payload += bytes(4 - pn_len - len(payload))
-        dcid = self.dest_cids.active.cid
+        if dcid is None:
+            dcid = self.dest_cids.active.cid
         if level == APP:
             self._count_protected()
             header = encode_short_header(

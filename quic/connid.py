@@ -273,13 +273,18 @@ class DestinationConnectionIds:
                 f"peer exceeded active_connection_id_limit {self.local_limit}",
             )
 
+    def spare(self) -> ConnectionId | None:
+        """The unused ID :meth:`rotate` would switch to, or None."""
+        unused = [s for s in self.ids if s > self.active.sequence]
+        return self.ids[min(unused)] if unused else None
+
     def rotate(self) -> bool:
         """Switch to an unused ID (migration) and retire the old one; False if none spare."""
-        spare = [s for s in self.ids if s > self.active.sequence]
-        if not spare:
+        spare = self.spare()
+        if spare is None:
             return False
         old = self.active.sequence
-        self.active = self.ids[min(spare)]
+        self.active = spare
         self._forget(old)
         return True
 

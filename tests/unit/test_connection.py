@@ -927,6 +927,31 @@ def test_an_unvalidated_new_address_gets_at_most_three_times_what_it_sent() -> N
     assert sent <= 3 * len(datagram)
 
 
+def test_a_path_response_to_another_address_carries_the_cid_a_move_would_use() -> None:
+    """RFC 9000 §9.5: the current path's connection ID must not go to another address.
+    The answer to a PATH_CHALLENGE from a new address carries the next unused one, the
+    one the server switches to if the peer moves there: the current one may be retired
+    before the answer arrives, and the peer then no longer routes it."""
+    from quic.frame import PathChallenge
+
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.server.dest_cids.ids) > 1)
+    server = pair.server
+    active, spare = server.dest_cids.active.cid, server.dest_cids.spare().cid
+    new_addr = ("192.0.2.9", 5555)
+    server._packet_addr = new_addr
+    server._on_path_challenge(PathChallenge(b"abcdefgh"), APP, pair.now)
+    probe, addr, _ = server.probes_out.popleft()
+    assert addr == new_addr and len(probe) >= 1200
+    assert probe[1 : 1 + len(spare)] == spare != active
+    assert server.dest_cids.active.cid == active  # a probe moves nothing
+    sid = pair.client.open_stream(uni=False)
+    pair.client.send_stream(sid, b"from the new address", True, True)
+    move_client(pair, new_addr, 50)  # the peer follows with non-probing packets
+    assert server.peer_addr == new_addr and server.dest_cids.active.cid == spare
+
+
 def test_a_padded_path_probe_does_not_move_the_connection() -> None:
     """RFC 9000 §9.1: PADDING is a probing frame. A client's PATH_CHALLENGE from its
     new address, padded to 1200 bytes as §8.2.1 asks, must leave the server on the old
