@@ -1151,7 +1151,6 @@ class Connection:
             parts.append(bytes(pad))
         datagram = self._seal(APP, parts, sent, dcid=dcid)
         space.take_pn()
-        sent.sent_bytes = len(datagram)
         self.recovery.on_packet_sent(sent)  # so the peer's ACK of it is one we expect
         return datagram
 
@@ -1376,7 +1375,6 @@ class Connection:
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
             datagram = self._seal(APP, [header, data], sent, pn_len)
-            sent.sent_bytes = len(datagram)
             self._on_sealed(APP, sent, now)
             self.bytes_sent += len(datagram)
             out.append(datagram)
@@ -1504,7 +1502,6 @@ class Connection:
                     payload_parts.append(bytes(pad))
                     sent.in_flight = True
             encoded = self._seal(level, payload_parts, sent, pn_len)
-            sent.sent_bytes = len(encoded)
             # One packet (the usual case) is the datagram: no copy of it.
             datagram = datagram + encoded if datagram else encoded
             self._on_sealed(level, sent, now)
@@ -1546,6 +1543,7 @@ class Connection:
         pn_len: int | None = None,
         dcid: bytes | None = None,
     ) -> bytes:
+        """``sent``'s packet protected, as it goes on the wire; its size is recorded."""
         pn = sent.packet_number
         if pn_len is None:
             pn_len = packet_number_length(pn, self.spaces[LEVEL_SPACE[level]].largest_acked)
@@ -1572,7 +1570,9 @@ class Connection:
                 pn_len,
                 grease_fixed_bit=self.grease_bit and level != INITIAL,
             )
-        return self.send_keys[level].protect(header, payload, pn)
+        packet = self.send_keys[level].protect(header, payload, pn)
+        sent.sent_bytes = len(packet)
+        return packet
 
     def _count_protected(self) -> None:
         """RFC 9001 §6.6: update keys well before the confidentiality limit; a key that
