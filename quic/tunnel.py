@@ -116,11 +116,14 @@ class Tunnel:
         sock: socket.socket | None = None,
         keys: EndpointKeys | None = None,
         cids: WorkerCids | None = None,
+        start: bool = True,
     ) -> None:
         """Bind ``local_addr``, or serve ``sock``, a UDP socket already bound (a worker's
         socket of a reuseport group). ``keys`` are secrets shared with other processes
         serving the same address, ``cids`` how this endpoint's connection IDs steer to
-        it; without them the keys are the process's own and the IDs random."""
+        it; without them the keys are the process's own and the IDs random. Without
+        ``start`` the I/O thread waits for a datagram sent, a timer or a listener (see
+        :meth:`start`)."""
         if sock is None:
             sock = udp_socket(socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET)
             sock.bind(local_addr)
@@ -154,10 +157,10 @@ class Tunnel:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"quic-tunnel-{self.local_addr[1]}", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        if start:
+            self.start()
 
     def new_cid(self) -> bytes:
         """A connection ID for this endpoint to issue (RFC 9000 §5.1)."""
@@ -189,6 +192,7 @@ class Tunnel:
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
             self.listeners.append(listener)
+        self.start()
         self.listening.set()
 
     def remove_listener(self, listener: Listener) -> None:
@@ -210,6 +214,8 @@ class Tunnel:
             pass  # a full socket buffer is loss; recovery repairs it
         except OSError as exc:
             log.debug("sendto %s failed: %s", addr, exc)
+        if self._thread is None:
+            self.start()
 
     def send_batch(self, datagrams: list[bytes], addr: Address, ecn: int | None = None) -> None:
         """Send a flush's datagrams. With UDP GSO (Linux 4.18+) each run of equal-sized
@@ -238,6 +244,8 @@ class Tunnel:
     def _send_segments(self, buf: bytes, size: int, addr: Address, parts: list[bytes]) -> None:
         try:
             self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
+            if self._thread is None:
+                self.start()
         except (BlockingIOError, InterruptedError):
             pass  # as for sendto: loss that recovery repairs
         except OSError as exc:
@@ -271,6 +279,8 @@ class Tunnel:
 
     def schedule(self, endpoint: Endpoint, deadline: float | None) -> None:
         """Arm (or with None, disarm) ``endpoint``'s single timer."""
+        if self._thread is None:
+            self.start()
         key = id(endpoint)
         with self._lock:
             if deadline is None:
@@ -290,13 +300,30 @@ class Tunnel:
         except BlockingIOError:
             pass
 
+    def start(self) -> None:
+        """Start the I/O thread, if not yet running. A tunnel made without ``start``
+        runs this on its first datagram sent, timer armed or listener added: a client's
+        own tunnel, which nothing can reach before its first Initial, thus starts the
+        thread while the server works on that Initial. Starting a thread costs a
+        fraction of a millisecond, which would otherwise delay the ClientHello."""
+        with self._start_lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(
+                target=self._run, name=f"quic-tunnel-{self.local_addr[1]}", daemon=True
+            )
+            thread.start()
+            self._thread = thread
+
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
         self._wake()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+        if thread is not None and threading.current_thread() is not thread:
+            thread.join(timeout=2)
         self.sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -571,15 +598,19 @@ _registry_lock = threading.Lock()
 
 def get_tunnel(local_addr: Address, cid_length: int) -> Tunnel:
     """The tunnel bound to ``local_addr``, created on first use. Port 0 always makes a new
-    tunnel on an ephemeral port, as a client's implicit bind does."""
+    tunnel on an ephemeral port, as a client's implicit bind does; its I/O thread waits
+    for the first datagram sent (or timer, or listener), since nothing can reach an
+    unknown port before. A tunnel another user shares runs at once."""
     with _registry_lock:
         key = (local_addr[0], local_addr[1])
         tunnel = _registry.get(key) if local_addr[1] else None
         if tunnel is None or tunnel._closed:
-            tunnel = Tunnel(local_addr, cid_length)
+            tunnel = Tunnel(local_addr, cid_length, start=bool(local_addr[1]))
             _registry[(tunnel.local_addr[0], tunnel.local_addr[1])] = tunnel
             if local_addr[1]:
                 _registry[key] = tunnel
+        else:
+            tunnel.start()
         tunnel.users += 1
         return tunnel
 

@@ -137,6 +137,7 @@ def test_without_kernel_support_the_tunnel_goes_without_ecn() -> None:
 def test_a_refused_per_datagram_codepoint_stops_marking_but_sends() -> None:
     tunnel = Tunnel.__new__(Tunnel)  # the sending half only: no socket, no I/O thread
     tunnel.sock, tunnel.family, tunnel.ecn_codepoint = RefusingSocket(), socket.AF_INET, ECT_0
+    tunnel._thread = threading.main_thread()  # counts as running: none is to be started
     tunnel.sendto(b"unmarked", ("127.0.0.1", 9), NOT_ECT)
     tunnel.sendto(b"default", ("127.0.0.1", 9))
     assert tunnel.sock.sent == [b"unmarked", b"default"]
