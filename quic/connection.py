@@ -209,6 +209,10 @@ class Connection:
         # check the client's chosen_version and to read Initials it still sends in it.
         self.original_version = config.version
         self.original_initial_keys: PacketKeys | None = None
+        # Client: Initial keys, by version, of the versions a server may switch to, made
+        # by derive_ahead() once the first flight is out (with the DCID they are for).
+        self.keys_ahead_due = self.is_client and config.compatible_versions
+        self._keys_ahead: dict[int, tuple[bytes, PacketKeys, PacketKeys]] = {}
         self.peer_addr = peer_addr
         self.state = State.ESTABLISHING
         self.close_info: CloseInfo | None = None
@@ -324,11 +328,36 @@ class Connection:
     # handshake seam: what tlshd/libquic drive through the socket API
 
     def _install_initial_keys(self, dcid: bytes) -> None:
-        client, server = initial_secrets(dcid, self.version)
+        ahead = self._keys_ahead.pop(self.version, None)
+        if ahead is not None and ahead[0] == dcid:
+            _, self.send_keys[INITIAL], self.recv_keys[INITIAL] = ahead
+        else:
+            self.send_keys[INITIAL], self.recv_keys[INITIAL] = self._initial_keys(
+                dcid, self.version
+            )
+
+    def _initial_keys(self, dcid: bytes, version: int) -> tuple[PacketKeys, PacketKeys]:
+        """(send, receive) Initial keys for ``dcid`` in ``version`` (RFC 9001 §5.2)."""
+        client, server = initial_secrets(dcid, version)
         suite = CipherSuite.AES_128_GCM
         mine, theirs = (client, server) if self.is_client else (server, client)
-        self.send_keys[INITIAL] = PacketKeys.from_secret(suite, mine, self.version)
-        self.recv_keys[INITIAL] = PacketKeys.from_secret(suite, theirs, self.version)
+        return (
+            PacketKeys.from_secret(suite, mine, version),
+            PacketKeys.from_secret(suite, theirs, version),
+        )
+
+    def derive_ahead(self) -> None:
+        """Client, its first Initial sent: derive the Initial keys of each version the
+        server may switch to (RFC 9368 §4: those we list before ours) while the server
+        works, rather than when its first answer arrives and waits for them."""
+        self.keys_ahead_due = False
+        for version in self._version_information().available_versions:
+            if version == self.version:
+                break
+            self._keys_ahead[version] = (
+                self.initial_dcid,
+                *self._initial_keys(self.initial_dcid, version),
+            )
 
     def handshake_send(self, level: int, data: bytes) -> None:
         """Handshake bytes from TLS, to go out in CRYPTO frames at ``level``."""

@@ -475,7 +475,10 @@ class QuicSocket:
             if conn.migrated_local:
                 self._switch_tunnel(conn)
                 current = self.tunnel
-            current.send_batch(conn.datagrams_to_send(now), conn.peer_addr, conn.ecn_codepoint)
+            datagrams = conn.datagrams_to_send(now)
+            current.send_batch(datagrams, conn.peer_addr, conn.ecn_codepoint)
+            if conn.keys_ahead_due and datagrams:
+                conn.derive_ahead()  # the first flight is out: spare time until an answer
             if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
                 self.state = SOCK_ESTABLISHED
             if conn.state == State.CLOSED:

@@ -715,6 +715,36 @@ def test_version_negotiation(start, client_compatible, server_compatible, negoti
     transfer(pair, 50_000)
 
 
+def test_initial_keys_derived_ahead_serve_the_switch_for_their_dcid_only() -> None:
+    """A client derives the Initial keys of the version a server may switch to while its
+    first flight is out (RFC 9368 §4); following the server's switched Initial then takes
+    them. Keys made for a DCID that has since changed (as after a Retry) are not used."""
+    pair = Pair()
+    client = pair.client
+    assert client.keys_ahead_due
+    client.derive_ahead()
+    assert not client.keys_ahead_due
+    dcid, send, recv = client._keys_ahead[V2]
+    assert dcid == client.initial_dcid
+    client.handshake_send(INITIAL, b"client hello")
+    pair.receive_crypto("server", INITIAL, b"client hello")
+    pair.server.set_peer_transport_params(client.local_transport_params())
+    pair.server.handshake_send(INITIAL, b"server hello")
+    pair.receive_crypto("client", INITIAL, b"server hello")
+    assert client.version == V2
+    assert client.send_keys[INITIAL] is send and client.recv_keys[INITIAL] is recv
+    assert not client._keys_ahead
+
+    other = Pair().client
+    other.derive_ahead()
+    _, stale_send, _ = other._keys_ahead[V2]
+    other.initial_dcid = b"retry-ds"  # what a Retry's SCID does to the Initial secrets
+    other._switch_version(V2)
+    fresh_send, _ = other._initial_keys(b"retry-ds", V2)
+    assert other.send_keys[INITIAL] is not stale_send
+    assert other.send_keys[INITIAL].key == fresh_send.key != stale_send.key
+
+
 def test_a_forged_chosen_version_is_a_version_negotiation_error() -> None:
     """RFC 9368 §4: the client's chosen_version must be its first Initial's version;
     a difference means someone rewrote the packet (a downgrade attempt)."""
