@@ -13,13 +13,16 @@ qh3_peer.py). Clients verify the server's certificate. Sections:
               PLPMTUD on both ends, qh3 with its client's path MTU discovery, aioquic
               (no discovery) with a fixed 16383-byte datagram size, the largest it handles
   streams     SIZE bytes split over 1, 4 and 16 concurrent streams, both directions
-  handshake   HANDSHAKES full handshakes in a row from one client process to one
-              server: latency p50/p90 and handshakes per second
+  handshake   HANDSHAKES full handshakes in a row, split over RUNS client processes,
+              each against its own server: latency p50/p90 of all of them pooled, and
+              handshakes per second
 
-Transfers give MB/s (median of RUNS), and CPU seconds per GB on each side: the client
-reports its own process CPU from connect to close, the server's is the change of its
-utime+stime in /proc/PID/stat over the client's run. qh3 is skipped when not installed
-(pip install '.[bench]'). --quick is the CI smoke mode: 2 MB, one run, 10 handshakes.
+Runs alternate between the implementations, so that drift in this machine's speed
+reaches each alike. Transfers give MB/s (median of RUNS), and CPU seconds per GB on
+each side: the client reports its own process CPU from connect to close, the server's
+is the change of its utime+stime in /proc/PID/stat over the client's run. qh3 is
+skipped when not installed (pip install '.[bench]'). --quick is the CI smoke mode:
+2 MB, one run, 10 handshakes.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def handshakes(impl: str, pki, count: int) -> dict:
+    """``count`` sequential handshakes against a fresh server: the client's figures plus
+    the server's CPU seconds."""
     server_argv, _ = perf_commands(impl, pki, "recv", 0)
     if impl == "kquic":
         client = python(str(ROOT / "bench" / "kquic_handshakes.py"))
@@ -114,54 +119,86 @@ def handshakes(impl: str, pki, count: int) -> dict:
         lambda port: [*client, "--port", str(port), "--count", str(count), "--ca", str(pki.ca)],
         f"{impl} handshakes",
     )
-    latencies = sorted(raw["latency_ms"])
+    return {**raw, "server_cpu_seconds": server_cpu}
+
+
+def summarise_handshakes(runs: list[dict]) -> dict:
+    """The runs' latencies pooled; rates and CPU over all of them."""
+    latencies = sorted(x for r in runs for x in r["latency_ms"])
+    count = sum(r["handshakes"] for r in runs)
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) > 1 else latencies * 9
     return {
         "p50_ms": statistics.median(latencies),
         "p90_ms": deciles[8],
-        "per_second": raw["handshakes"] / raw["seconds"],
-        "client_cpu_ms_per_handshake": 1000 * raw["cpu_seconds"] / raw["handshakes"],
-        # the server's CPU covers the client's untimed warm-up handshake too
-        "server_cpu_ms_per_handshake": 1000 * server_cpu / (raw["handshakes"] + 1),
-        "raw": raw,
+        "per_second": count / sum(r["seconds"] for r in runs),
+        "client_cpu_ms_per_handshake": 1000 * sum(r["cpu_seconds"] for r in runs) / count,
+        # each server's CPU covers its client's untimed warm-up handshake too
+        "server_cpu_ms_per_handshake": 1000
+        * sum(r["server_cpu_seconds"] for r in runs)
+        / (count + len(runs)),
+        "runs": runs,
     }
 
 
 class Suite:
+    """Runs alternate between the implementations (kquic, aioquic, qh3, kquic, ...), so
+    that this machine's drift in speed over a suite reaches each alike: the figures of
+    one implementation are never all taken in a fast or a slow stretch."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.pki = make_pki(tempfile.mkdtemp(prefix="bench-pki-"))
-        self.cache: dict[tuple, dict] = {}
-
-    def measure(self, impl: str, direction: str, streams: int = 1, large: bool = False) -> dict:
-        key = (impl, direction, streams, large)
-        if key not in self.cache:
-            extra = LARGE[impl][0] if large else []
-            runs = [
-                transfer(impl, self.pki, direction, self.args.size, streams, extra)
-                for _ in range(self.args.runs)
-            ]
-            self.cache[key] = summarise(runs)
-        return self.cache[key]
+        # Measurements by (impl, what): throughput and one-stream figures are shared.
+        self.samples: dict[tuple, list[dict]] = {}
 
     def run(self) -> dict:
+        args = self.args
         results: dict[str, dict] = {}
-        for section in self.args.sections:
-            results[section] = {}
-            for impl in self.args.impl:
-                print(f"... {section} {impl}", file=sys.stderr, flush=True)
-                results[section][impl] = self.section(section, impl)
+        for section in args.sections:
+            for i in range(args.runs):
+                for impl in args.impl:
+                    print(f"... {section} {impl} {i + 1}/{args.runs}", file=sys.stderr, flush=True)
+                    for key in self.keys(section, impl):
+                        self.sample(key, i)
+            results[section] = {impl: self.section(section, impl) for impl in args.impl}
         return results
+
+    def keys(self, section: str, impl: str) -> list[tuple]:
+        """What ``section`` measures of ``impl``: (impl, direction, streams, large)
+        for transfers, (impl, "handshake") for handshakes."""
+        if section == "handshake":
+            return [(impl, "handshake")]
+        if section == "streams":
+            return [(impl, d, n, False) for d in DIRECTIONS for n in STREAMS]
+        return [(impl, d, 1, section == "plpmtud") for d in DIRECTIONS]
+
+    def sample(self, key: tuple, run: int) -> None:
+        """Run ``key``'s measurement for the ``run``-th time, unless another section
+        already did."""
+        samples = self.samples.setdefault(key, [])
+        if len(samples) > run:
+            return
+        impl = key[0]
+        if key[1] == "handshake":
+            total, runs = self.args.handshakes, self.args.runs
+            share = max(1, total // runs + (run < total % runs))  # HANDSHAKES in all
+            samples.append(handshakes(impl, self.pki, share))
+            return
+        _, direction, streams, large = key
+        extra = LARGE[impl][0] if large else []
+        samples.append(transfer(impl, self.pki, direction, self.args.size, streams, extra))
 
     def section(self, section: str, impl: str) -> dict:
         if section == "handshake":
-            return handshakes(impl, self.pki, self.args.handshakes)
+            return summarise_handshakes(self.samples[(impl, "handshake")])
         if section == "streams":
             return {
-                d: {str(n): self.measure(impl, d, streams=n) for n in STREAMS} for d in DIRECTIONS
+                d: {str(n): summarise(self.samples[(impl, d, n, False)]) for n in STREAMS}
+                for d in DIRECTIONS
             }
-        figures = {d: self.measure(impl, d, large=section == "plpmtud") for d in DIRECTIONS}
-        if section == "plpmtud":
+        large = section == "plpmtud"
+        figures = {d: summarise(self.samples[(impl, d, 1, large)]) for d in DIRECTIONS}
+        if large:
             figures["how"] = LARGE[impl][1]
         return figures
 
