@@ -152,7 +152,9 @@ class ConnectionConfig:
     token: bytes = b""  # client: token for the first Initial
     # RFC 9368: offer (client) or accept (server) a switch between v1 and v2.
     compatible_versions: bool = True
-    new_token: bytes = b""  # server: sent in NEW_TOKEN once the handshake completes
+    # Server: makes the token sent in NEW_TOKEN once the handshake completes; made then,
+    # not with the connection, so that the first flight does not wait for it.
+    new_token: Callable[[], bytes] | None = None
     preferred_address: tuple | None = None  # server: offered in preferred_address
     event_mask: int = 0  # bit N set: lxin event type N is reported
     # PLPMTUD (RFC 8899): PROBE_TIMER in seconds, 0 to keep max_datagram_size; and the
@@ -511,8 +513,8 @@ class Connection:
             # RFC 9001 §4.1.2: the server's handshake is confirmed once complete.
             self.handshake_done_pending = True
             self._confirm_handshake()
-            if self.config.new_token:
-                self._queue_control(NewToken(self.config.new_token))
+            if self.config.new_token is not None:
+                self._queue_control(NewToken(self.config.new_token()))
         self._issue_connection_ids()
 
     def _confirm_handshake(self) -> None:

@@ -411,7 +411,7 @@ class QuicSocket:
         child.qlog_dir = self.qlog_dir
         config = child._connection_config(is_client=False, peer=addr)
         config.version = header.version  # a server answers in the client's version first
-        config.new_token = tunnel.tokens.new_token(addr)
+        config.new_token = partial(tunnel.tokens.new_token, addr)
         if self._preferred_tunnel is not None:
             config.preferred_address = self._preferred_tunnel.local_addr
             child._preferred_tunnel = self._preferred_tunnel
