@@ -25,6 +25,7 @@ from .crypto import (
     INTEGRITY_LIMIT,
     CipherSuite,
     DecryptionError,
+    DeferredPacketKeys,
     PacketKeys,
     initial_secrets,
 )
@@ -335,18 +336,18 @@ class Connection:
             _, self.send_keys[INITIAL], self.recv_keys[INITIAL] = ahead
         else:
             self.send_keys[INITIAL], self.recv_keys[INITIAL] = self._initial_keys(
-                dcid, self.version
+                dcid, self.version, DeferredPacketKeys
             )
 
-    def _initial_keys(self, dcid: bytes, version: int) -> tuple[PacketKeys, PacketKeys]:
-        """(send, receive) Initial keys for ``dcid`` in ``version`` (RFC 9001 §5.2)."""
+    def _initial_keys(
+        self, dcid: bytes, version: int, make: Callable = PacketKeys.from_secret
+    ) -> tuple[PacketKeys, PacketKeys]:
+        """(send, receive) Initial keys for ``dcid`` in ``version`` (RFC 9001 §5.2),
+        derived now or, with ``make`` DeferredPacketKeys, on first use."""
         client, server = initial_secrets(dcid, version)
         suite = CipherSuite.AES_128_GCM
         mine, theirs = (client, server) if self.is_client else (server, client)
-        return (
-            PacketKeys.from_secret(suite, mine, version),
-            PacketKeys.from_secret(suite, theirs, version),
-        )
+        return make(suite, mine, version), make(suite, theirs, version)
 
     def derive_ahead(self) -> None:
         """Client, its first Initial sent: derive the Initial keys of each version the

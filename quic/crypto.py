@@ -277,6 +277,32 @@ class PacketKeys:
         return header, pn, payload
 
 
+class DeferredPacketKeys(PacketKeys):
+    """Keys derived on their first use, for Initial keys that may never be used.
+
+    A server that switches to the version the client prefers (RFC 9368) sends nothing
+    under the first version's keys, and a client that follows it reads nothing under
+    them; deriving both directions up front costs a tenth of a millisecond of the
+    handshake's critical path. The first read of any key material derives it and turns
+    the object into a plain PacketKeys, so per-packet paths pay nothing once it is used.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, suite: CipherSuite, secret: bytes, version: int) -> None:
+        self.suite = suite
+        self.secret = secret
+        self.version = version
+
+    def __getattr__(self, name: str):
+        # Reached only for a slot not yet set, that is, on the first use of the keys.
+        ready = PacketKeys.from_secret(self.suite, self.secret, self.version)
+        for slot in PacketKeys.__slots__:
+            setattr(self, slot, getattr(ready, slot))
+        self.__class__ = PacketKeys
+        return getattr(self, name)
+
+
 def retry_integrity_tag(odcid: bytes, retry_without_tag: bytes, version: int) -> bytes:
     """The Retry Integrity Tag over the Retry pseudo-packet (RFC 9001 §5.8)."""
     try:

@@ -17,6 +17,7 @@ import pytest
 
 from quic import uapi
 from quic.connection import REC_STREAM, Connection, ConnectionConfig, State
+from quic.crypto import DeferredPacketKeys
 from quic.errors import QuicError, TransportError
 from quic.stream import StreamLimitError
 from quic.transport_params import default_local_parameters
@@ -721,6 +722,7 @@ def test_initial_keys_derived_ahead_serve_the_switch_for_their_dcid_only() -> No
     them. Keys made for a DCID that has since changed (as after a Retry) are not used."""
     pair = Pair()
     client = pair.client
+    v1_receive = client.recv_keys[INITIAL]
     assert client.keys_ahead_due
     client.derive_ahead()
     assert not client.keys_ahead_due
@@ -734,6 +736,7 @@ def test_initial_keys_derived_ahead_serve_the_switch_for_their_dcid_only() -> No
     assert client.version == V2
     assert client.send_keys[INITIAL] is send and client.recv_keys[INITIAL] is recv
     assert not client._keys_ahead
+    assert type(v1_receive) is DeferredPacketKeys  # nothing came in v1: never derived
 
     other = Pair().client
     other.derive_ahead()

@@ -11,6 +11,7 @@ from quic import uapi
 from quic.crypto import (
     CipherSuite,
     DecryptionError,
+    DeferredPacketKeys,
     PacketKeys,
     hkdf_expand_label,
     initial_secrets,
@@ -283,3 +284,18 @@ def test_random_bytes_only_raise_decryption_error(data: bytes, pn_offset: int) -
         keys.unprotect(data, pn_offset, 0)
     except DecryptionError:
         pass
+
+
+def test_deferred_keys_derive_on_first_use_and_match() -> None:
+    """Deferred keys hold only their secret until something reads key material; then
+    they are the keys from_secret makes, as a plain PacketKeys."""
+    client, _ = initial_secrets(DCID, V1)
+    ready = PacketKeys.from_secret(CipherSuite.AES_128_GCM, client, V1)
+    deferred = DeferredPacketKeys(CipherSuite.AES_128_GCM, client, V1)
+    assert type(deferred) is DeferredPacketKeys
+    header = bytes.fromhex("c300000001088394c8f03e5157080000449e00000002")
+    assert deferred.protect(header, b"payload" * 10, 2) == ready.protect(header, b"payload" * 10, 2)
+    assert type(deferred) is PacketKeys
+    assert (deferred.key, deferred.iv, deferred.hp) == (ready.key, ready.iv, ready.hp)
+    later = DeferredPacketKeys(CipherSuite.AES_128_GCM, client, V1)
+    assert later.hp == ready.hp and type(later) is PacketKeys  # any read derives them
