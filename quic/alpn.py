@@ -40,29 +40,37 @@ def split_alpns(value: bytes) -> list[bytes]:
     return [name.strip() for name in value.rstrip(b"\0").split(b",") if name.strip()]
 
 
-def offered_alpns(datagram: bytes, cid_length: int) -> list[bytes] | None:
+def offered_alpns(
+    datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
+) -> list[bytes] | None:
     """The protocols the ClientHello in a client's first datagram offers, in the client's
     order of preference, or None when they cannot be read from this datagram alone.
 
     None covers a ClientHello split across datagrams, one without an ALPN extension, and
     any malformed or undecryptable input: the caller then routes without ALPN. Nothing
-    is raised, since the input comes straight off the network.
+    is raised, since the input comes straight off the network. ``keys``, if given,
+    receives the client's Initial keys derived to read the datagram, by version: the
+    connection the datagram starts needs the same, and need not derive them again.
     """
     try:
-        hello = _client_hello(_initial_crypto_data(datagram, cid_length))
+        hello = _client_hello(_initial_crypto_data(datagram, cid_length, keys))
         return None if hello is None else _alpn_extension(hello)
     except (QuicError, DecryptionError):
         return None
 
 
-def _initial_crypto_data(datagram: bytes, cid_length: int) -> bytes:
+def _initial_crypto_data(
+    datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
+) -> bytes:
     """The CRYPTO stream of the datagram's Initial packets, contiguous from offset 0.
 
     Coalesced Initials (RFC 9000 §12.2) and CRYPTO frames in any order are joined; the
-    data stops at the first gap, since what follows a gap cannot be parsed yet.
+    data stops at the first gap, since what follows a gap cannot be parsed yet. The
+    client's keys are derived once a version, into ``keys``.
     """
     frames: list[Crypto] = []
-    keys: dict[int, PacketKeys] = {}
+    if keys is None:
+        keys = {}
     packets = iter_packets(datagram, cid_length)
     while True:
         try:

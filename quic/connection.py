@@ -200,6 +200,7 @@ class Connection:
         original_dcid: bytes | None = None,
         retry_scid: bytes | None = None,
         address_validated: bool = False,
+        client_initial_keys: PacketKeys | None = None,
         on_cid_add: Callable[[bytes], None] | None = None,
         on_cid_remove: Callable[[bytes], None] | None = None,
         on_reset_token: Callable[[bytes], None] | None = None,
@@ -290,6 +291,10 @@ class Connection:
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
         self._install_initial_keys(self.initial_dcid)
+        if client_initial_keys is not None:
+            # Server: the same keys, derived by whoever read the ClientHello first (the
+            # tunnel's ALPN lookup), for the version of the client's Initial.
+            self.recv_keys[INITIAL] = client_initial_keys
         # What the socket layer reads.
         self.crypto_inbox: deque[tuple[int, bytes]] = deque()
         self.readable: dict[int, None] = {}

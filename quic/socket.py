@@ -37,6 +37,7 @@ from .connection import (
     State,
     StreamClosedError,
 )
+from .crypto import PacketKeys
 from .ecn import ECT_0
 from .errors import QuicError, TransportError
 from .packet import encode_retry, parse_header
@@ -364,10 +365,17 @@ class QuicSocket:
         return split_alpns(self.alpn)
 
     def accept_initial(
-        self, tunnel: Tunnel, data: bytes, addr: tuple, dcid: bytes, now: float
+        self,
+        tunnel: Tunnel,
+        data: bytes,
+        addr: tuple,
+        dcid: bytes,
+        now: float,
+        client_keys: PacketKeys | None = None,
     ) -> QuicSocket | None:
         """A new Initial reached this listener: make the child socket that will own it,
-        or with ``validate_peer_address`` first send a Retry (RFC 9000 §8.1.2)."""
+        or with ``validate_peer_address`` first send a Retry (RFC 9000 §8.1.2).
+        ``client_keys`` are its Initial keys, if the tunnel derived them already."""
         with self._lock:
             if self.state != SOCK_LISTENING or len(self._accept_queue) >= self._backlog:
                 return None
@@ -383,7 +391,7 @@ class QuicSocket:
                     addr,
                 )
                 return None
-            return self._new_child(tunnel, header, addr, proof, now)
+            return self._new_child(tunnel, header, addr, proof, now, client_keys)
 
     def _check_token(self, tunnel: Tunnel, header, addr: tuple) -> ValidatedToken | bool | None:
         """What the Initial's token proves: None without a usable one, False when the
@@ -397,7 +405,13 @@ class QuicSocket:
             return False if header.token[0] == TokenType.RETRY else None
 
     def _new_child(
-        self, tunnel: Tunnel, header, addr: tuple, proof: ValidatedToken | None, now: float
+        self,
+        tunnel: Tunnel,
+        header,
+        addr: tuple,
+        proof: ValidatedToken | None,
+        now: float,
+        client_keys: PacketKeys | None,
     ) -> QuicSocket:
         child = QuicSocket(self.family, self.type, self.proto)
         child.tunnel = tunnel
@@ -427,6 +441,7 @@ class QuicSocket:
             original_dcid=proof.original_dcid if retried else header.dcid,
             retry_scid=proof.retry_scid if retried else None,
             address_validated=proof is not None,
+            client_initial_keys=client_keys,
             on_cid_add=child._route_add,
             on_cid_remove=child._route_remove,
             on_reset_token=child._reset_route_add,

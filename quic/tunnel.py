@@ -38,6 +38,7 @@ from .connid import (
     endpoint_reset_key,
     stateless_reset,
 )
+from .crypto import PacketKeys
 from .ecn import ECN_MASK, ECT_0, NOT_ECT
 from .errors import QuicError
 from .keys import EndpointKeys
@@ -97,8 +98,16 @@ class Listener(Protocol):
     """A listening socket: it may turn a new Initial into a connection."""
 
     def accept_initial(
-        self, tunnel: Tunnel, data: bytes, addr: Address, dcid: bytes, now: float
-    ) -> Endpoint | None: ...
+        self,
+        tunnel: Tunnel,
+        data: bytes,
+        addr: Address,
+        dcid: bytes,
+        now: float,
+        client_keys: PacketKeys | None = None,
+    ) -> Endpoint | None:
+        """``client_keys``: the Initial keys of the client's version, when the tunnel
+        already derived them to read the ClientHello's ALPN."""
 
     def alpn_list(self) -> list[bytes]:
         """The application protocols this listener serves; empty for any protocol."""
@@ -436,9 +445,18 @@ class Tunnel:
             return endpoint  # a Stateless Reset for one of ours: it checks the token
         if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             return None
-        candidates = self._listeners_for(data, header, addr)
+        keys: dict[int, PacketKeys] = {}
+        candidates = self._listeners_for(data, header, addr, keys)
         for listener in candidates:
-            endpoint = self._guard(listener.accept_initial, self, data, addr, header.dcid, now)
+            endpoint = self._guard(
+                listener.accept_initial,
+                self,
+                data,
+                addr,
+                header.dcid,
+                now,
+                keys.get(header.version),
+            )
             if endpoint is not None:
                 return endpoint
         return None
@@ -458,7 +476,9 @@ class Tunnel:
             self._reset_budget -= 1
             self.sendto(reset, addr)
 
-    def _listeners_for(self, data: bytes, header: Header, addr: Address) -> list[Listener]:
+    def _listeners_for(
+        self, data: bytes, header: Header, addr: Address, keys: dict[int, PacketKeys]
+    ) -> list[Listener]:
         """The listeners to offer a new Initial to, in order (DESIGN §1).
 
         With several listeners, or any with an ALPN list, the client's ALPN chooses: for
@@ -469,7 +489,8 @@ class Tunnel:
 
         When the ALPN cannot be read from this first datagram (a ClientHello split
         across datagrams, or none offered), every listener is offered the Initial in
-        registration order, as with a single listener.
+        registration order, as with a single listener. The client's Initial keys derived
+        to read the ALPN are left in ``keys``, by version.
         """
         listeners = list(self.listeners)
         if not listeners:
@@ -477,7 +498,7 @@ class Tunnel:
         served = [(listener, listener.alpn_list()) for listener in listeners]
         if len(listeners) == 1 and not served[0][1]:
             return listeners
-        offered = offered_alpns(data, self.cid_length)
+        offered = offered_alpns(data, self.cid_length, keys)
         if offered is None:
             return listeners
         chosen: list[Listener] = []

@@ -26,6 +26,7 @@ from quic.frame import ConnectionClose, Crypto, FrameType, decode_frames
 from quic.packet import MIN_INITIAL_SIZE, PacketType, encode_long_header, parse_header
 from quic.socket import QuicSocket
 from quic.transport_params import default_local_parameters
+from quic.tunnel import Tunnel
 
 CID_LENGTH = 8
 VERSIONS = [uapi.QUIC_VERSION_V1, uapi.QUIC_VERSION_V2]
@@ -161,6 +162,51 @@ def test_initial_from_a_client_connection(version) -> None:
 def test_real_client_without_alpn_offers_none() -> None:
     datagram = gnutls_initial("", uapi.QUIC_VERSION_V1)
     assert offered_alpns(datagram, CID_LENGTH) is None
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_reading_the_alpn_leaves_the_clients_initial_keys(version) -> None:
+    """The keys derived to read the ALPN are the client's Initial keys of its version:
+    the connection the Initial starts takes them instead of deriving its own."""
+    _, datagrams = connection_initials(client_hello(alpn_extension(b"h3")), version)
+    keys: dict[int, PacketKeys] = {}
+    assert offered_alpns(datagrams[0], CID_LENGTH, keys) == [b"h3"]
+    client_secret, _ = initial_secrets(parse_header(datagrams[0], 0, CID_LENGTH).dcid, version)
+    expected = PacketKeys.from_secret(CipherSuite.AES_128_GCM, client_secret, version)
+    assert list(keys) == [version]
+    assert (keys[version].key, keys[version].iv, keys[version].hp) == (
+        expected.key,
+        expected.iv,
+        expected.hp,
+    )
+
+
+def test_the_tunnel_hands_the_keys_it_read_with_to_the_listener() -> None:
+    """A listener chosen by ALPN gets the keys the tunnel derived to read the ALPN."""
+    got: list = []
+    arrived = threading.Event()
+
+    class Listener:
+        def alpn_list(self) -> list[bytes]:
+            return [b"h3"]
+
+        def accept_initial(self, tunnel, data, addr, dcid, now, client_keys=None):
+            got.append((dcid, client_keys))
+            arrived.set()
+
+    _, datagrams = connection_initials(client_hello(alpn_extension(b"h3")), 1)
+    tunnel = Tunnel(("127.0.0.1", 0), CID_LENGTH)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        tunnel.add_listener(Listener())
+        sender.sendto(datagrams[0], tunnel.local_addr)
+        assert arrived.wait(5)
+    finally:
+        sender.close()
+        tunnel.close()
+    (dcid, client_keys), *_ = got
+    client_secret, _ = initial_secrets(dcid, 1)
+    assert client_keys.key == PacketKeys.from_secret(CipherSuite.AES_128_GCM, client_secret, 1).key
 
 
 def test_client_hello_split_across_datagrams_is_unreadable() -> None:
