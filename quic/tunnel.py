@@ -249,12 +249,12 @@ class Tunnel:
             else:
                 self._send_segments(b"".join(datagrams[i:j]), size, addr, datagrams[i:j])
             i = j
+        if self._thread is None:
+            self.start()
 
     def _send_segments(self, buf: bytes, size: int, addr: Address, parts: list[bytes]) -> None:
         try:
             self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
-            if self._thread is None:
-                self.start()
         except (BlockingIOError, InterruptedError):
             pass  # as for sendto: loss that recovery repairs
         except OSError as exc:

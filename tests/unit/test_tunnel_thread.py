@@ -60,6 +60,18 @@ def test_the_first_datagram_sent_starts_the_thread(tunnel: Tunnel) -> None:
         peer.close()
 
 
+def test_a_batch_sent_starts_the_thread(tunnel: Tunnel) -> None:
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        peer.bind(("127.0.0.1", 0))
+        tunnel.send_batch([b"\x40" + bytes(1199)] * 3, peer.getsockname())
+        peer.settimeout(5)
+        assert peer.recv(2000)
+        assert _io_thread(tunnel) is not None
+    finally:
+        peer.close()
+
+
 def test_a_timer_starts_the_thread_and_fires(tunnel: Tunnel) -> None:
     clock = Clock()
     tunnel.schedule(clock, time.monotonic() + 0.01)
