@@ -1,0 +1,56 @@
+"""The tools' accept loop: each connection is handled in a thread of its own, the one
+that accepted it, while the next acceptor takes the next connection."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from kquic_tools.common import _accept_forever
+
+TIMEOUT = 5
+
+
+class Listener:
+    """accept() hands out queued connections; close() makes it fail, as a closed
+    QuicSocket's does."""
+
+    def __init__(self) -> None:
+        self.pending: queue.Queue = queue.Queue()
+        self.closed = False
+
+    def accept(self):
+        conn = self.pending.get(timeout=TIMEOUT)
+        if conn is None:
+            self.pending.put(None)  # for every later acceptor too
+            raise OSError(9, "Bad file descriptor")
+        return conn, ("127.0.0.1", 1)
+
+    def close(self) -> None:
+        self.closed = True
+        self.pending.put(None)
+
+
+def test_connections_are_handled_at_once_and_side_by_side() -> None:
+    srv = Listener()
+    together = threading.Barrier(3, timeout=TIMEOUT)  # passes only if all 3 run at once
+    handled: list[tuple[str, int]] = []
+
+    def handle(conn: str) -> None:
+        handled.append((conn, threading.get_ident()))
+        together.wait()
+
+    loop = threading.Thread(target=_accept_forever, args=(srv, handle), daemon=True)
+    loop.start()
+    for conn in ("a", "b", "c"):
+        srv.pending.put(conn)
+    deadline = threading.Event()
+    for _ in range(100):
+        if len(handled) == 3:
+            break
+        deadline.wait(0.05)
+    assert sorted(c for c, _ in handled) == ["a", "b", "c"]
+    assert len({ident for _, ident in handled}) == 3
+    srv.close()
+    loop.join(TIMEOUT)
+    assert not loop.is_alive() and srv.closed
