@@ -1,6 +1,6 @@
 """kquic, aioquic and qh3 side by side on loopback: throughput, streams, handshakes, CPU.
 
-    python bench/suite.py [--quick] [--size 50M] [--runs 3] [--handshakes 200]
+    python bench/suite.py [--quick] [--size 50M] [--runs 3] [--handshakes 600]
                           [--impl kquic,aioquic,qh3] [--sections SECTIONS]
                           [--json FILE] [--png FILE]
 
@@ -367,7 +367,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--png", metavar="FILE")
     args = parser.parse_args()
-    defaults = QUICK if args.quick else {"size": size("50M"), "runs": 3, "handshakes": 200}
+    defaults = QUICK if args.quick else {"size": size("50M"), "runs": 3, "handshakes": 600}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
