@@ -223,8 +223,7 @@ class Tunnel:
             pass  # a full socket buffer is loss; recovery repairs it
         except OSError as exc:
             log.debug("sendto %s failed: %s", addr, exc)
-        if self._thread is None:
-            self.start()
+        self.start()
 
     def send_batch(self, datagrams: list[bytes], addr: Address, ecn: int | None = None) -> None:
         """Send a flush's datagrams. With UDP GSO (Linux 4.18+) each run of equal-sized
@@ -249,8 +248,7 @@ class Tunnel:
             else:
                 self._send_segments(b"".join(datagrams[i:j]), size, addr, datagrams[i:j])
             i = j
-        if self._thread is None:
-            self.start()
+        self.start()
 
     def _send_segments(self, buf: bytes, size: int, addr: Address, parts: list[bytes]) -> None:
         try:
@@ -288,8 +286,7 @@ class Tunnel:
 
     def schedule(self, endpoint: Endpoint, deadline: float | None) -> None:
         """Arm (or with None, disarm) ``endpoint``'s single timer."""
-        if self._thread is None:
-            self.start()
+        self.start()
         key = id(endpoint)
         with self._lock:
             if deadline is None:
@@ -315,6 +312,8 @@ class Tunnel:
         own tunnel, which nothing can reach before its first Initial, thus starts the
         thread while the server works on that Initial. Starting a thread costs a
         fraction of a millisecond, which would otherwise delay the ClientHello."""
+        if self._thread is not None:
+            return  # running: every send and timer asks, so this answer takes no lock
         with self._start_lock:
             if self._thread is not None or self._closed:
                 return
