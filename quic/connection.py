@@ -380,6 +380,7 @@ class Connection:
         keys = PacketKeys.from_secret(CipherSuite(cipher_type), secret, self.version)
         if level == HANDSHAKE:
             self.recovery.has_handshake_keys = True
+            self._keys_ahead.clear()  # no version switch is followed from here on
         if send:
             self.send_keys[level] = keys
         else:

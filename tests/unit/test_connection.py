@@ -738,6 +738,15 @@ def test_initial_keys_derived_ahead_serve_the_switch_for_their_dcid_only() -> No
     assert not client._keys_ahead
     assert type(v1_receive) is DeferredPacketKeys  # nothing came in v1: never derived
 
+    kept = Pair()
+    kept.client.derive_ahead()
+    kept.handshake()  # the pair starts in v1 and the server switches: V2 is taken...
+    assert not kept.client._keys_ahead
+    unused = Pair(server_compatible=False)
+    unused.client.derive_ahead()
+    unused.handshake()  # ...while a server that keeps v1 leaves them to be dropped
+    assert unused.client.version == V1 and not unused.client._keys_ahead
+
     other = Pair().client
     other.derive_ahead()
     _, stale_send, _ = other._keys_ahead[V2]
