@@ -269,7 +269,7 @@ class QuicSocket:
             peer = self._resolve(address)
             if self.tunnel is None:
                 wildcard = "0.0.0.0" if self.family == _socket.AF_INET else "::"
-                self.tunnel = get_tunnel((wildcard, 0), CID_LENGTH)
+                self.tunnel = get_tunnel((wildcard, 0), CID_LENGTH, wait=True)
             if self.family == _socket.AF_INET6 and len(peer) == 2:
                 peer = (peer[0], peer[1], 0, 0)
             self.conn = Connection(

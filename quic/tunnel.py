@@ -616,16 +616,18 @@ _registry: dict[tuple, Tunnel] = {}
 _registry_lock = threading.Lock()
 
 
-def get_tunnel(local_addr: Address, cid_length: int) -> Tunnel:
+def get_tunnel(local_addr: Address, cid_length: int, *, wait: bool = False) -> Tunnel:
     """The tunnel bound to ``local_addr``, created on first use. Port 0 always makes a new
-    tunnel on an ephemeral port, as a client's implicit bind does; its I/O thread waits
-    for the first datagram sent (or timer, or listener), since nothing can reach an
-    unknown port before. A tunnel another user shares runs at once."""
+    tunnel on an ephemeral port, as a client's implicit bind does. With ``wait`` (a
+    client's connect) a new ephemeral tunnel's I/O thread waits for its first datagram
+    sent (or timer, or listener), since nothing can reach an unknown port before. A
+    tunnel another user shares runs at once."""
     with _registry_lock:
         key = (local_addr[0], local_addr[1])
         tunnel = _registry.get(key) if local_addr[1] else None
         if tunnel is None or tunnel._closed:
-            tunnel = Tunnel(local_addr, cid_length, start=bool(local_addr[1]))
+            start = not (wait and local_addr[1] == 0)
+            tunnel = Tunnel(local_addr, cid_length, start=start)
             _registry[(tunnel.local_addr[0], tunnel.local_addr[1])] = tunnel
             if local_addr[1]:
                 _registry[key] = tunnel

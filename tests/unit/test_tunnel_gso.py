@@ -60,7 +60,6 @@ def test_a_gso_batch_reaches_a_tunnel_as_its_datagrams(gro: bool) -> None:
         sink = Sink()
         for datagram in datagrams:
             receiver.add_route(datagram[1:9], sink)
-        receiver.start()  # a receiver only: no datagram of its own starts its thread
         sender.send_batch(datagrams, receiver.local_addr)
         assert done.wait(5), f"{len(got)} of {len(datagrams)} datagrams arrived"
         assert got == datagrams

@@ -1,6 +1,6 @@
-"""A client's own tunnel starts its I/O thread only once there is something to wait
-for: after its first datagram has left, so the thread's start-up overlaps the peer's
-work instead of delaying the ClientHello. Other tunnels run from the start."""
+"""A connecting client's own tunnel starts its I/O thread only once there is something
+to wait for: after its first datagram has left, so the thread's start-up overlaps the
+peer's work instead of delaying the ClientHello. Other tunnels run from the start."""
 
 from __future__ import annotations
 
@@ -85,13 +85,18 @@ def test_a_listener_starts_the_thread(tunnel: Tunnel) -> None:
     assert tunnel.listening.is_set()
 
 
-def test_only_an_ephemeral_tunnel_waits_and_sharing_starts_it() -> None:
+def test_only_a_connecting_clients_tunnel_waits_and_sharing_starts_it() -> None:
     eager = Tunnel(("127.0.0.1", 0), 8)
     try:
         assert _io_thread(eager) is not None  # a receiver: routes alone may be used
     finally:
         eager.close()
-    lazy = get_tunnel(("127.0.0.1", 0), 8)
+    moved = get_tunnel(("127.0.0.1", 0), 8)  # as for a migration: answers come at once
+    try:
+        assert _io_thread(moved) is not None
+    finally:
+        put_tunnel(moved)
+    lazy = get_tunnel(("127.0.0.1", 0), 8, wait=True)
     try:
         assert _io_thread(lazy) is None
         shared = get_tunnel(lazy.local_addr, 8)
