@@ -78,7 +78,14 @@ from .packet import (
 from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, SearchState
 from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
-from .stream import CryptoStream, FlowController, StreamLimitError, StreamManager
+from .stream import (
+    MAX_SEND_BUFFER,
+    CryptoStream,
+    FlowController,
+    SendStream,
+    StreamLimitError,
+    StreamManager,
+)
 from .transport_params import (
     PreferredAddress,
     TransportParameters,
@@ -1739,7 +1746,7 @@ class Connection:
             room = self._fill_crypto(stream_level, room, parts, records)
         if level in (APP, EARLY):
             if level == APP:
-                room = self._fill_control(room, parts, records)
+                room = self._fill_control(room, parts, records, now)
             room = self._fill_datagrams(room, parts, records)
             room = self._fill_streams(room, parts, records)
         if self.pending_ping and room > 0 and room == start:
@@ -1764,13 +1771,17 @@ class Connection:
             room -= len(header) + len(data)
         return room
 
-    def _fill_control(self, room: int, parts: list, records: list) -> int:
+    def _fill_control(self, room: int, parts: list, records: list, now: float) -> int:
         if self.handshake_done_pending and room > 1:
             parts.append(b"\x1e")
             records.append((REC_HANDSHAKE_DONE,))
             self.handshake_done_pending = False
             room -= 1
-        update = self.flow_recv.max_data_update()
+        rtt = self.recovery.rtt.smoothed_rtt
+        stream_updates = self.streams.window_updates(now, rtt)
+        for stream in stream_updates:
+            self.flow_recv.follow_stream_window(stream.recv.window)
+        update = self.flow_recv.max_data_update(now, rtt)
         if update is not None or self.pending_max_data:
             frame = MaxData(self.flow_recv.limit)
             room = self._append_frame(frame, (REC_MAX_DATA,), room, parts, records)
@@ -1783,7 +1794,7 @@ class Connection:
                 frame = MaxStreams(not uni, limit)
                 room = self._append_frame(frame, (REC_MAX_STREAMS, uni), room, parts, records)
                 self.pending_max_streams[uni] = False
-        for stream in self.streams.window_updates():
+        for stream in stream_updates:
             frame = MaxStreamData(stream.stream_id, stream.recv.max_stream_data)
             room = self._append_frame(frame, (REC_MAX_STREAM_DATA, stream), room, parts, records)
         control = self.control
@@ -2089,17 +2100,26 @@ class Connection:
         self.sending[sid] = None
         return len(data)
 
+    def send_buffer(self, send: SendStream) -> int:
+        """The stream's send buffer: its own size, or twice the congestion window within
+        MAX_SEND_BUFFER, as Linux TCP sizes its send buffers. A buffer smaller than what
+        the path can have in flight leaves the sender idle for part of each round trip."""
+        grown = min(2 * self.recovery.cc.congestion_window, MAX_SEND_BUFFER)
+        return grown if grown > send.buffer_limit else send.buffer_limit
+
     def stream_send_room(self, sid: int) -> int:
         """Bytes the stream's send buffer takes before a writer must wait."""
         stream = self.streams.get(sid)
-        return 0 if stream is None or stream.send is None else stream.send.room()
+        send = None if stream is None else stream.send
+        return 0 if send is None else send.room(self.send_buffer(send))
 
     def stream_send_low_watermark(self, sid: int) -> int:
         """Free buffer bytes a blocked writer waits for: a quarter of the stream's send
         buffer, so it wakes once per many ACKs, not on each (the kernel's
         sk_stream_wspace rule is alike)."""
         stream = self.streams.get(sid)
-        return 1 if stream is None or stream.send is None else max(1, stream.send.buffer_limit // 4)
+        send = None if stream is None else stream.send
+        return 1 if send is None else max(1, self.send_buffer(send) // 4)
 
     def unacked_stream_data(self) -> bool:
         """Whether any stream still has data or a FIN the peer has not acknowledged."""

@@ -415,7 +415,7 @@ def test_a_read_says_when_it_made_credit_due() -> None:
     stream = server.streams.get(sid)
     sid_read, data, fin = server.read_stream(8_000)
     assert (sid_read, len(data), fin) == (sid, 8_000, False)
-    assert not server.credit_due and stream.recv.max_stream_data_update() is None
+    assert not server.credit_due and stream.recv.max_stream_data_update(pair.now, 0.0) is None
     server.read_stream(3_000)  # past half the stream window
     assert server.credit_due
     assert stream.recv.update_due() and not server.flow_recv.update_due()

@@ -223,10 +223,10 @@ def test_send_with_random_acks_and_losses(payload, write_sizes, window, rng) -> 
         out += chunk
         flow_recv.on_consumed(len(chunk))
         assert recv.stored <= window
-        update = recv.max_stream_data_update()
+        update = recv.max_stream_data_update(0.0, 0.0)
         if update is not None:
             send.on_max_stream_data(update)
-        update = flow_recv.max_data_update()
+        update = flow_recv.max_data_update(0.0, 0.0)
         if update is not None:
             flow_send.on_max_data(update)
     else:
@@ -318,7 +318,7 @@ def test_write_after_fin_or_reset_raises() -> None:
     other.reset(7)
     with pytest.raises(StreamStateError):
         other.write(b"y")
-    assert other.room() == 0
+    assert other.room(other.buffer_limit) == 0
 
 
 def test_frames_are_views_and_small_writes_coalesce() -> None:
@@ -495,27 +495,27 @@ def test_stream_window_update_at_half() -> None:
     recv = RecvStream(max_stream_data=1000)
     recv.on_frame(0, bytes(1000), False)
     recv.read(500)
-    assert recv.max_stream_data_update() is None  # exactly half: not more than half
+    assert recv.max_stream_data_update(0.0, 0.0) is None  # exactly half: not more than half
     recv.read(1)
-    assert recv.max_stream_data_update() == 1501
+    assert recv.max_stream_data_update(0.0, 0.0) == 1501
     assert recv.max_stream_data == 1501
-    assert recv.max_stream_data_update() is None
+    assert recv.max_stream_data_update(0.0, 0.0) is None
     recv.window_update_lost()
-    assert recv.max_stream_data_update() == 1501  # announced again
-    assert recv.max_stream_data_update() is None
+    assert recv.max_stream_data_update(0.0, 0.0) == 1501  # announced again
+    assert recv.max_stream_data_update(0.0, 0.0) is None
     recv.on_frame(1000, bytes(10), True)
     recv.read(1000)
-    assert recv.max_stream_data_update() is None  # the final size is known
+    assert recv.max_stream_data_update(0.0, 0.0) is None  # the final size is known
 
 
 def test_connection_window_update_at_half() -> None:
     flow = FlowController(1000)
     flow.on_received(1000)
     flow.on_consumed(500)
-    assert flow.max_data_update() is None
+    assert flow.max_data_update(0.0, 0.0) is None
     flow.on_consumed(1)
-    assert flow.max_data_update() == 1501
-    assert flow.limit == 1501 and flow.max_data_update() is None
+    assert flow.max_data_update(0.0, 0.0) == 1501
+    assert flow.limit == 1501 and flow.max_data_update(0.0, 0.0) is None
     flow.on_received(501)
     with pytest.raises(QuicError):
         flow.on_received(1)
@@ -536,13 +536,13 @@ def test_manager_window_updates() -> None:
     streams = manager(is_client=True, window=1000)
     stream = streams.get_or_create_peer(1, FrameType.STREAM)
     stream.recv.on_frame(0, bytes(800), False)
-    assert streams.window_updates() == []
+    assert streams.window_updates(0.0, 0.0) == []
     stream.recv.read(800)
-    assert streams.window_updates() == []  # only streams noted as read are looked at
+    assert streams.window_updates(0.0, 0.0) == []  # only streams noted as read are looked at
     streams.note_window_change(stream)
-    assert streams.window_updates() == [stream]
+    assert streams.window_updates(0.0, 0.0) == [stream]
     assert stream.recv.max_stream_data == 1800
-    assert streams.window_updates() == []
+    assert streams.window_updates(0.0, 0.0) == []
 
 
 # ---------------------------------------------------------------------------
@@ -758,7 +758,7 @@ def test_bulk_send_keeps_only_unacked_bytes() -> None:
     in_flight: list[tuple[int, int]] = []
     peak = joined = 0
     while written < total or in_flight or send.has_data():
-        while written < total and send.room() >= chunk_size:
+        while written < total and send.room(send.buffer_limit) >= chunk_size:
             send.write(chunk, fin=written + chunk_size == total)
             written += chunk_size
         while len(in_flight) < in_flight_max:
@@ -802,6 +802,6 @@ def test_bulk_receive_holds_only_unread_bytes() -> None:
             data, _ = recv.read(65536)
             assert data == (payload * 2)[received % len(payload) :][: len(data)]
             received += len(data)
-        if (update := recv.max_stream_data_update()) is not None:
+        if (update := recv.max_stream_data_update(0.0, 0.0)) is not None:
             assert update == received + window
     assert received == offset and recv.stored == 0
