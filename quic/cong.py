@@ -33,15 +33,16 @@ ALPHA_CUBIC = 3 * (1 - BETA_CUBIC) / (1 + BETA_CUBIC)
 # Smallest RTT the pacer divides by; below a millisecond no timer could honour the rate.
 _MIN_PACING_RTT = 0.001
 # The pacer's bucket holds what the pacing rate releases in PACING_BURST_INTERVAL, at
-# most PACING_BURST_BYTES, and never less than an initial window (RFC 9002 §7.7). A
-# sender woken by a timer thread cannot space packets much finer than its wake-ups,
-# which come about a millisecond apart at best: with a bucket of one initial window a
-# fast flow of 1200-byte datagrams waited for a timer after every tenth, and the
-# wake-ups cost more than the packets they let out. Bursts of 32 such datagrams moved
-# the most on loopback; larger ones did worse, and large datagrams (PLPMTUD) gained
-# nothing over their initial window, which already spans a millisecond's worth.
+# most PACING_BURST_DATAGRAMS full datagrams, and never less than an initial window
+# (RFC 9002 §7.7). A sender woken by a timer thread cannot space packets much finer
+# than its wake-ups, which come about a millisecond apart at best: with a bucket of one
+# initial window a fast flow of 1200-byte datagrams waited for a timer after every
+# tenth, and the wake-ups cost more than the packets they let out. Bursts of 32 such
+# datagrams moved the most on loopback; larger ones did worse. The cap counts
+# datagrams, not bytes: held to 32 * 1200 bytes, 64 KiB datagrams (PLPMTUD on
+# loopback) left two at a time, and each pair cost both ends a wake-up and an ACK.
 PACING_BURST_INTERVAL = 0.002
-PACING_BURST_BYTES = 32 * 1200
+PACING_BURST_DATAGRAMS = 32
 
 
 def kInitialWindow(max_datagram_size: int) -> int:
@@ -344,7 +345,7 @@ class Pacer:
     """Token bucket spreading a window over an RTT (RFC 9002 §7.7).
 
     Tokens accrue at N * cwnd / smoothed_rtt bytes per second up to ``burst`` bytes:
-    PACING_BURST_INTERVAL of that rate within PACING_BURST_BYTES, or an initial window
+    PACING_BURST_INTERVAL of that rate within PACING_BURST_DATAGRAMS, or an initial window
     when more (as at the start), unless the caller fixes the burst. Both calls are a
     few float operations: the packetizer asks per packet.
     """
@@ -360,7 +361,9 @@ class Pacer:
         self._last = -math.inf
 
     def _rate_burst(self) -> float:
-        burst = min(self._rate * PACING_BURST_INTERVAL, PACING_BURST_BYTES)
+        burst = min(
+            self._rate * PACING_BURST_INTERVAL, PACING_BURST_DATAGRAMS * self.max_datagram_size
+        )
         return max(kInitialWindow(self.max_datagram_size), burst)
 
     def set_max_datagram_size(self, size: int) -> None:
