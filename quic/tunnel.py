@@ -42,6 +42,7 @@ from .crypto import PacketKeys
 from .ecn import ECN_MASK, ECT_0, NOT_ECT
 from .errors import QuicError
 from .keys import EndpointKeys
+from .malloc import keep_freed_memory
 from .packet import (
     FIXED_BIT,
     HEADER_FORM_BIT,
@@ -133,6 +134,7 @@ class Tunnel:
         it; without them the keys are the process's own and the IDs random. Without
         ``start`` the I/O thread waits for a datagram sent, a timer or a listener (see
         :meth:`start`)."""
+        keep_freed_memory()
         if sock is None:
             sock = udp_socket(socket.AF_INET6 if ":" in local_addr[0] else socket.AF_INET)
             sock.bind(local_addr)
