@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kquic_tools.perf import size
+from quic.malloc import keep_freed_memory
 from tests.unit.test_connection import Pair
 
 CHUNK = 1 << 16
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--size", type=size, default=size("20M"))
     parser.add_argument("--profile", choices=["sender", "receiver"])
     args = parser.parse_args()
+    keep_freed_memory()  # as the first tunnel does: the core's buffers, not glibc's trims
     print(
         f"{'datagram':>8} {'packets':>8} {'send µs/pkt':>12} {'recv µs/pkt':>12}"
         f" {'send MB/s':>10} {'recv MB/s':>10}"
