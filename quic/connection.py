@@ -178,6 +178,12 @@ class ConnectionConfig:
 # RFC 9000 §9.1: frames that probe a path without moving the connection onto it. A
 # probe is padded to 1200 bytes (§8.2.1), so PADDING is one of them.
 PROBING_FRAMES = (PathChallenge, PathResponse, NewConnectionId, Padding)
+# A packet for another path carries its whole packet number. The length RFC 9000 §17.1
+# asks for (twice the distance to the largest acknowledged) covers reordering on one
+# path; the current path's packets may overtake the other's by any number, and a short
+# number the peer then decodes wrongly fails to open and is dropped unseen: a
+# PATH_RESPONSE read 300 packets late validated nothing.
+PROBE_PN_LENGTH = 4
 
 # Records kept in SentPacket.frames, telling what to do when a packet is acked or lost.
 REC_ACK, REC_CRYPTO, REC_STREAM, REC_CONTROL, REC_HANDSHAKE_DONE = range(5)
@@ -1169,9 +1175,10 @@ class Connection:
 
     def _probe(self, frames: list, now: float, dcid: bytes | None = None) -> bytes:
         """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1), to
-        ``dcid`` if given, else to the active connection ID. It is recorded as sent but
-        neither in flight nor to be retransmitted: PATH_CHALLENGE and PATH_RESPONSE are
-        never resent as such, and the other path has its own congestion state."""
+        ``dcid`` if given, else to the active connection ID, its packet number in full
+        (PROBE_PN_LENGTH). It is recorded as sent but neither in flight nor to be
+        retransmitted: PATH_CHALLENGE and PATH_RESPONSE are never resent as such, and the
+        other path has its own congestion state."""
         parts = []
         for frame in frames:
             buf = bytearray()
@@ -1189,12 +1196,13 @@ class Connection:
             frames=[],
             ect=self.ecn_codepoint == ECT_0,  # it leaves with the same marking
         )
-        pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts)
+        size = self._header_size(APP, PROBE_PN_LENGTH) + sum(map(len, parts)) + AEAD_TAG_SIZE
+        pad = MIN_INITIAL_SIZE - size
         if dcid is not None:
-            pad += len(self.dest_cids.active.cid) - len(dcid)  # the estimate's header
+            pad += len(self.dest_cids.active.cid) - len(dcid)  # _header_size counts that
         if pad > 0:
             parts.append(bytes(pad))
-        datagram = self._seal(APP, parts, sent, dcid=dcid)
+        datagram = self._seal(APP, parts, sent, PROBE_PN_LENGTH, dcid=dcid)
         space.take_pn()
         self.recovery.on_packet_sent(sent)  # so the peer's ACK of it is one we expect
         return datagram

@@ -1019,6 +1019,41 @@ def test_a_padded_path_probe_does_not_move_the_connection() -> None:
     assert client.migrated_local  # validated: the socket may switch
 
 
+def test_a_path_response_overtaken_on_the_current_path_still_validates() -> None:
+    """A PATH_RESPONSE goes out on the new path, so any number of packets on the current
+    path may overtake it: here the client reads it after 300 later packets of a
+    download (its new socket read late). It must still open and complete the move.
+    Sent with the packet number length the current path needed (1 byte, a window of
+    128 around the largest number received), it decoded to a wrong number, failed to
+    open, and was dropped unseen: the move waited for another challenge, or never came."""
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(
+        lambda: len(pair.client.dest_cids.ids) > 1 and len(pair.server.dest_cids.ids) > 1
+    )
+    client, server = pair.client, pair.server
+    assert client.migrate(pair.now)
+    challenge, _, local = client.probes_out.popleft()
+    assert local == 1
+    server.receive_datagram(challenge, ("127.0.0.1", 40001), pair.now)
+    answer, _, _ = server.probes_out.popleft()
+    answer_pn = server.spaces[2].next_pn - 1
+    sid = server.open_stream(uni=False)
+    server.send_stream(sid, bytes(2_000_000), True, True)
+    sink = bytearray()
+
+    def overtaken() -> bool:
+        return client.spaces[2].largest_received > answer_pn + 300
+
+    pair.run_until(lambda: read_all(client, sid, sink) or overtaken(), limit=5000)
+    assert overtaken() and client.path_check is not None  # still waiting for the answer
+    client.probes_out.clear()  # challenges sent again meanwhile: their answers never come
+    failed_opens = client.failed_opens
+    client.receive_datagram(answer, SERVER_ADDR, pair.now)
+    assert client.failed_opens == failed_opens
+    assert client.migrated_local and client.path_check is None
+
+
 def test_the_ack_of_a_path_probe_is_expected() -> None:
     """A PATH_RESPONSE sent on another path takes a packet number; the peer's ACK of it
     must not look like the ACK of a packet never sent."""
