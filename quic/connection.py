@@ -297,6 +297,8 @@ class Connection:
         self._packet_addr: tuple = peer_addr
         self._non_probing = False
         self.migrated_local = False
+        # Our move's new path was never validated: the socket releases its address.
+        self.migration_failed = False
         self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
         self.large_losses = 0  # see BLACK_HOLE_LOSSES
         self.last_ping = 0.0  # when an ACK-only packet last carried a PING
@@ -1115,7 +1117,8 @@ class Connection:
     def migrate(self, now: float) -> bool:
         """QUIC_SOCKOPT_CONNECTION_MIGRATION on a client: probe from the new local
         address (local path 1) with a fresh connection ID; :attr:`migrated_local`
-        turns True when the server has answered and the socket may switch."""
+        turns True when the server has answered and the socket may switch, or
+        :attr:`migration_failed` when the path check gave up and the socket stays."""
         peer = self.peer_params
         if (
             not self.is_client
@@ -1170,6 +1173,10 @@ class Connection:
                 self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"path lost", False)
                 self.state = State.CLOSED
                 self._notify_close()
+            elif check.local:
+                # RFC 9000 §9.2: we stay on the current path, and say so: the socket
+                # holds the new address, and refuses another move, until told.
+                self.migration_failed = True
         elif now >= check.resend_at and check.sent < MAX_CHALLENGES:
             self._send_challenge(now)
 

@@ -490,6 +490,8 @@ class QuicSocket:
             if conn.migrated_local:
                 self._switch_tunnel(conn)
                 current = self.tunnel
+            elif conn.migration_failed:
+                self._abandon_migration(conn)
             datagrams = conn.datagrams_to_send(now)
             current.send_batch(datagrams, conn.peer_addr, conn.ecn_codepoint)
             if conn.keys_ahead_due and datagrams:
@@ -579,6 +581,22 @@ class QuicSocket:
         conn.on_local_migration()
         if not netwatch.is_wildcard(self.tunnel.local_addr[0]):
             netwatch.watch(self.tunnel.local_addr[0], self)
+
+    def _abandon_migration(self, conn: Connection) -> None:
+        """The new local path was never validated: the connection stays where it is
+        (RFC 9000 §9.2) and the new address is released. Moves go one at a time, so a
+        failed one kept would refuse every later request; now the application may ask
+        again."""
+        conn.migration_failed = False
+        tunnel, self._new_tunnel = self._new_tunnel, None
+        if tunnel is not None:
+            log.info(
+                "migration to %s not validated: staying on %s",
+                tunnel.local_addr,
+                self.tunnel.local_addr,
+            )
+            self._drop_routes(tunnel)
+            put_tunnel(tunnel)
 
     def local_address_gone(self, replacement: str | None) -> None:
         """The address this client sends from was removed from the machine: migrate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import selectors
 import socket
@@ -650,5 +651,65 @@ def test_client_moves_to_the_servers_preferred_address(pki, server_thread) -> No
     assert read_stream(cli)[1] == hashlib.sha256(data).digest()
     server.join()
     assert children[0]._via_preferred
+    for sock in (*children, cli, srv):
+        sock.close()
+
+
+def test_a_move_never_validated_keeps_the_old_port_and_may_be_asked_again(
+    pki, server_thread, monkeypatch
+) -> None:
+    """RFC 9000 §9.2: when nothing reaches the client's new local address, the path
+    check gives up (after about 2 s), the client stays on its port and releases the new
+    one, and a second QUIC_SOCKOPT_CONNECTION_MIGRATION is accepted and goes through."""
+    import quic.socket as quic_socket
+
+    srv = listener()
+    children: list[QuicSocket] = []
+
+    def serve() -> None:
+        child = accept(srv, pki)
+        children.append(child)
+        for sid, data in read_streams(child, 3):
+            quic_sendmsg(child, hashlib.sha256(data).digest(), sid, uapi.MSG_QUIC_STREAM_FIN)
+
+    def deaf_tunnel(*args, **kwargs):
+        tunnel = real_get_tunnel(*args, **kwargs)
+        tunnel._route = lambda data, addr, now: None  # every answer to it is lost
+        return tunnel
+
+    def ask_to_move() -> None:
+        addr = uapi.pack_sockaddr(("127.0.0.1", 0))
+        cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, addr)
+
+    streams = itertools.count(0, 4)
+
+    def exchange() -> None:
+        data = os.urandom(100_000)
+        flags = uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN
+        quic_sendmsg(cli, data, next(streams), flags)
+        assert read_stream(cli)[1] == hashlib.sha256(data).digest()
+
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    first = cli.getsockname()
+    exchange()  # the handshake confirmed, spare connection IDs at hand
+    real_get_tunnel = quic_socket.get_tunnel
+    monkeypatch.setattr(quic_socket, "get_tunnel", deaf_tunnel)
+    ask_to_move()
+    monkeypatch.undo()
+    for _ in range(500):
+        if cli._new_tunnel is None:
+            break
+        time.sleep(0.01)
+    assert cli._new_tunnel is None and cli.getsockname() == first
+    exchange()  # on the old path
+    ask_to_move()
+    for _ in range(300):
+        if cli.getsockname() != first:
+            break
+        time.sleep(0.01)
+    assert cli.getsockname() != first
+    exchange()  # on the new one
+    server.join()
     for sock in (*children, cli, srv):
         sock.close()

@@ -1054,6 +1054,36 @@ def test_a_path_response_overtaken_on_the_current_path_still_validates() -> None
     assert client.migrated_local and client.path_check is None
 
 
+def test_a_move_of_ours_never_validated_is_reported_and_may_be_asked_again() -> None:
+    """RFC 9000 §9.2: a client whose new local path is never validated stays on the old
+    one. The check giving up must say so (migration_failed, on which the socket releases
+    the new address): it used to end in silence, the move neither made nor refused, and
+    the socket, moving once at a time, refused every later request."""
+    pair = Pair()
+    pair.handshake()
+    pair.run_until(lambda: len(pair.client.dest_cids.ids) > 1)
+    client = pair.client
+    assert client.migrate(pair.now)
+    for _ in range(1000):  # 10 s of the fake clock; the check gives up after about 2
+        if client.path_check is None:
+            break
+        pair.now += 0.01
+        pair.exchange()
+        client.probes_out.clear()  # the new path loses everything
+    assert client.path_check is None and client.migration_failed
+    assert not client.migrated_local
+    assert client.state == State.ESTABLISHED and client.peer_addr == SERVER_ADDR
+    transfer(pair, 10_000)  # the old path carries on
+    client.migration_failed = False  # as the socket does on releasing the address
+    pair.run_until(lambda: len(client.dest_cids.ids) > 1)
+    assert client.migrate(pair.now)  # asked again: this time the answer comes
+    challenge, _, _ = client.probes_out.popleft()
+    pair.server.receive_datagram(challenge, ("127.0.0.1", 40001), pair.now)
+    answer, _, _ = pair.server.probes_out.popleft()
+    client.receive_datagram(answer, SERVER_ADDR, pair.now)
+    assert client.migrated_local and not client.migration_failed
+
+
 def test_the_ack_of_a_path_probe_is_expected() -> None:
     """A PATH_RESPONSE sent on another path takes a packet number; the peer's ACK of it
     must not look like the ACK of a packet never sent."""
