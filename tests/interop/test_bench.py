@@ -4,6 +4,7 @@ are never asserted: timing belongs to the benchmark, not to the tests."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -109,3 +110,20 @@ def test_runs_alternate_between_implementations(monkeypatch) -> None:
     assert len(order) == 2 * 2 * (2 * 3 + 1)  # runs x impls x (transfers + handshakes)
     assert results["handshake"]["kquic"]["p50_ms"] == 1.0
     assert len(results["streams"]["aioquic"]["download"]["1"]["runs"]) == 2
+
+
+def test_longpath_moves_the_data_for_each_implementation(tmp_path) -> None:
+    """bench/longpath.py's transfers, small: each implementation's core delivers every
+    byte over the simulated path (its figures are the benchmark's, not asserted)."""
+    from bench import longpath
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    link = (10e6, 0.02)  # 10 MB/s, 40 ms round trip
+    for transfer in (
+        longpath.kquic,
+        longpath.kquic_fixed,
+        functools.partial(longpath.peer, "aioquic"),
+    ):
+        seconds, dropped = transfer(1 << 20, link, pki)
+        assert 0.04 < seconds < 60 and dropped >= 0, transfer
