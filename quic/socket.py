@@ -24,6 +24,7 @@ import os
 import socket as _socket
 import threading
 import time
+from _thread import allocate_lock
 from collections import deque
 from collections.abc import Iterable
 from functools import partial
@@ -91,7 +92,7 @@ class QuicSocket:
         self.type = type
         self.proto = proto
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        self._sleepers: list = []  # a lock per thread blocked in _wait, held until woken
         self._timeout: float | None = None
         self.state = SOCK_CLOSED
         self.local_params = default_local_parameters()
@@ -191,11 +192,35 @@ class QuicSocket:
             if pure:
                 self._checks.append(ready)
             try:
-                self._cond.wait(remaining)
+                self._sleep(remaining)
             finally:
                 self._waiters -= 1
                 if pure:
                     self._checks.remove(ready)
+
+    def _sleep(self, timeout: float | None) -> None:
+        """What Condition.wait does on the socket lock, with a lock of the sleeper's own
+        to be woken by, so that :meth:`flush` can wake it after letting go of the socket
+        lock: woken under it, the sleeper ran only to block on that lock, and the I/O
+        thread lost its CPU twice per wake-up instead of once."""
+        waiter = allocate_lock()
+        waiter.acquire()
+        self._sleepers.append(waiter)
+        saved = self._lock._release_save()
+        try:
+            waiter.acquire(True, -1 if timeout is None else timeout)
+        finally:
+            self._lock._acquire_restore(saved)
+            if waiter in self._sleepers:  # timed out, or woken by close
+                self._sleepers.remove(waiter)
+
+    def _take_sleepers(self) -> list:
+        sleepers, self._sleepers = self._sleepers, []
+        return sleepers
+
+    def _wake_all(self) -> None:
+        for waiter in self._take_sleepers():
+            waiter.release()
 
     def _wake_due(self) -> bool:
         """Whether a blocked thread could go on now (see :meth:`_wait`)."""
@@ -455,7 +480,7 @@ class QuicSocket:
         child.state = SOCK_ESTABLISHING
         child._listener = self
         self._accept_queue.append(child)
-        self._cond.notify_all()
+        self._wake_all()
         self._update_ready()
         return child
 
@@ -468,43 +493,50 @@ class QuicSocket:
                 self.conn.receive_datagram(data, addr, now, ecn)
 
     def flush(self, now: float | None = None) -> None:
-        """Send what the connection has, re-arm its timer, wake waiters."""
+        """Send what the connection has, re-arm its timer, wake waiters: once the socket
+        lock is let go, if this was its outermost holder (see :meth:`_sleep`)."""
         with self._lock:
-            conn = self.conn
-            if conn is None or self.tunnel is None:
-                return
-            now = time.monotonic() if now is None else now
-            if (self._cork_until is not None or self._hs_waiting) and self._corked(conn, now):
-                # The connection's own deadline is not armed: it is mostly the held
-                # ACK's, due at once. The hold ends within HANDSHAKE_CORK anyway.
-                self.tunnel.schedule(self, self._cork_until)
-                if self._waiters and self._wake_due():
-                    self._cond.notify_all()
-                self._update_ready()
-                return
-            current = self._preferred_tunnel if self._via_preferred else self.tunnel
-            while conn.probes_out:
-                datagram, addr, local = conn.probes_out.popleft()
-                tunnel = self._new_tunnel if local and self._new_tunnel else current
-                tunnel.sendto(datagram, addr, conn.ecn_codepoint)
-            if conn.migrated_local:
-                self._switch_tunnel(conn)
-                current = self.tunnel
-            elif conn.migration_failed:
-                self._abandon_migration(conn)
-            datagrams = conn.datagrams_to_send(now)
-            current.send_batch(datagrams, conn.peer_addr, conn.ecn_codepoint)
-            if conn.keys_ahead_due and datagrams:
-                conn.derive_ahead()  # the first flight is out: spare time until an answer
-            if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
-                self.state = SOCK_ESTABLISHED
-            if conn.state == State.CLOSED:
-                self._finish()
-            else:
-                self.tunnel.schedule(self, conn.next_deadline())
-            if self._waiters and self._wake_due():
-                self._cond.notify_all()
-            self._update_ready()
+            woken = self._flush(now)
+        for waiter in woken:
+            waiter.release()
+
+    def _flush(self, now: float | None) -> list:
+        """:meth:`flush` under the lock; the sleepers it is to wake."""
+        conn = self.conn
+        if conn is None or self.tunnel is None:
+            return []
+        now = time.monotonic() if now is None else now
+        if (self._cork_until is not None or self._hs_waiting) and self._corked(conn, now):
+            # The connection's own deadline is not armed: it is mostly the held ACK's,
+            # due at once. The hold ends within HANDSHAKE_CORK anyway.
+            self.tunnel.schedule(self, self._cork_until)
+        else:
+            self._send(conn, now)
+        woken = self._take_sleepers() if self._waiters and self._wake_due() else []
+        self._update_ready()
+        return woken
+
+    def _send(self, conn: Connection, now: float) -> None:
+        current = self._preferred_tunnel if self._via_preferred else self.tunnel
+        while conn.probes_out:
+            datagram, addr, local = conn.probes_out.popleft()
+            tunnel = self._new_tunnel if local and self._new_tunnel else current
+            tunnel.sendto(datagram, addr, conn.ecn_codepoint)
+        if conn.migrated_local:
+            self._switch_tunnel(conn)
+            current = self.tunnel
+        elif conn.migration_failed:
+            self._abandon_migration(conn)
+        datagrams = conn.datagrams_to_send(now)
+        current.send_batch(datagrams, conn.peer_addr, conn.ecn_codepoint)
+        if conn.keys_ahead_due and datagrams:
+            conn.derive_ahead()  # the first flight is out: spare time until an answer
+        if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
+            self.state = SOCK_ESTABLISHED
+        if conn.state == State.CLOSED:
+            self._finish()
+        else:
+            self.tunnel.schedule(self, conn.next_deadline())
 
     def _corked(self, conn: Connection, now: float) -> bool:
         """Whether to hold back output while the handshake driver answers a flight.
@@ -1282,7 +1314,7 @@ class QuicSocket:
                     tunnel, self._preferred_tunnel = self._preferred_tunnel, None
                     put_tunnel(tunnel)
             self.shutdown()
-            self._cond.notify_all()
+            self._wake_all()
             conn = self.conn
             if self.tunnel is not None and (conn is None or conn.state == State.CLOSED):
                 if conn is not None:

@@ -713,3 +713,53 @@ def test_a_move_never_validated_keeps_the_old_port_and_may_be_asked_again(
     server.join()
     for sock in (*children, cli, srv):
         sock.close()
+
+
+def test_a_reader_is_woken_after_the_io_thread_lets_go_of_the_socket(
+    pki, server_thread, monkeypatch
+) -> None:
+    """A blocked recvmsg is woken by the I/O thread's flush once that flush has let go
+    of the socket lock: woken under it, the reader only ran to block on the lock. A
+    reader that timed out leaves nothing behind, and the socket reads on."""
+    srv = listener()
+    children: list[QuicSocket] = []
+    release_under_lock: list[bool] = []
+
+    class Waiter:
+        def __init__(self, sock: QuicSocket, lock) -> None:
+            self.sock, self.lock = sock, lock
+
+        def release(self) -> None:
+            release_under_lock.append(self.sock._lock._is_owned())
+            self.lock.release()
+
+    take = QuicSocket._take_sleepers
+
+    def take_recorded(sock: QuicSocket) -> list:
+        return [Waiter(sock, lock) for lock in take(sock)]
+
+    def serve() -> None:
+        child = accept(srv, pki)
+        children.append(child)
+        data, sid, _ = quic_recvmsg(child, 100)
+        for _ in range(300):  # until the client sleeps in recvmsg
+            if cli._sleepers:
+                break
+            time.sleep(0.01)
+        quic_sendmsg(child, data, sid, uapi.MSG_QUIC_STREAM_FIN)
+
+    cli = None
+    server = server_thread(serve)
+    cli = connect(srv.getsockname()[1], pki)
+    cli.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        quic_recvmsg(cli, 100)
+    assert cli._sleepers == [] and cli._waiters == 0
+    cli.settimeout(TIMEOUT)
+    monkeypatch.setattr(QuicSocket, "_take_sleepers", take_recorded)
+    quic_sendmsg(cli, b"ping", 0, uapi.MSG_QUIC_STREAM_NEW)
+    assert quic_recvmsg(cli, 100)[0] == b"ping"
+    server.join()
+    assert release_under_lock and not any(release_under_lock)
+    for sock in (*children, cli, srv):
+        sock.close()
