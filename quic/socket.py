@@ -211,7 +211,7 @@ class QuicSocket:
             waiter.acquire(True, -1 if timeout is None else timeout)
         finally:
             self._lock._acquire_restore(saved)
-            if waiter in self._sleepers:  # timed out, or woken by close
+            if waiter in self._sleepers:  # timed out: no waker took it
                 self._sleepers.remove(waiter)
 
     def _take_sleepers(self) -> list:
@@ -512,9 +512,9 @@ class QuicSocket:
             self.tunnel.schedule(self, self._cork_until)
         else:
             self._send(conn, now)
-        woken = self._take_sleepers() if self._waiters and self._wake_due() else []
         self._update_ready()
-        return woken
+        # Taken last: nothing may fail between here and their release in flush.
+        return self._take_sleepers() if self._waiters and self._wake_due() else []
 
     def _send(self, conn: Connection, now: float) -> None:
         current = self._preferred_tunnel if self._via_preferred else self.tunnel
