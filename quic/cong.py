@@ -43,6 +43,10 @@ _MIN_PACING_RTT = 0.001
 # loopback) left two at a time, and each pair cost both ends a wake-up and an ACK.
 PACING_BURST_INTERVAL = 0.002
 PACING_BURST_DATAGRAMS = 32
+# A sender held back by pacing wakes when this many datagrams may leave, not one: on a
+# paced path each wake-up (a timer, a flush, a system call) costs more than the datagram
+# it would let out, and a simulated 40 ms path woke the sender once per 1.04 datagrams.
+PACING_WAKE_DATAGRAMS = 8
 
 
 def kInitialWindow(max_datagram_size: int) -> int:
@@ -385,6 +389,13 @@ class Pacer:
         if tokens >= self.max_datagram_size:
             return now
         return now + (self.max_datagram_size - tokens) / self._rate
+
+    def wake_time(self, now: float) -> float:
+        """When a sender that :meth:`next_send_time` held back should try again: once
+        PACING_WAKE_DATAGRAMS full datagrams may leave, or a full bucket if smaller."""
+        want = min(PACING_WAKE_DATAGRAMS * self.max_datagram_size, self.burst)
+        tokens = min(self._tokens + (now - self._last) * self._rate, self.burst)
+        return now if tokens >= want else now + (want - tokens) / self._rate
 
     def on_sent(self, size: int, now: float) -> None:
         tokens = self._tokens + (now - self._last) * self._rate

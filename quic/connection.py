@@ -1411,9 +1411,8 @@ class Connection:
         overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
         ect = self.ecn_codepoint == ECT_0
         while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
-            release = pacer.next_send_time(now)
-            if release > now:
-                self.pacing_deadline = release
+            if pacer.next_send_time(now) > now:
+                self.pacing_deadline = pacer.wake_time(now)
                 return
             pn = space.next_pn
             pn_len = packet_number_length(pn, space.largest_acked)
@@ -1506,11 +1505,10 @@ class Connection:
         if budget < 64:
             return None
         cc_room = self.recovery.cc.available(now)
-        release = self.pacer.next_send_time(now)
-        if release > now:
+        if self.pacer.next_send_time(now) > now:
             # RFC 9002 §7.7: spread the window over the RTT; ACKs are not held back.
             cc_room = 0
-            self.pacing_deadline = release
+            self.pacing_deadline = self.pacer.wake_time(now)
         else:
             self.pacing_deadline = None
         if self.pending_ping:

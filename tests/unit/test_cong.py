@@ -12,6 +12,7 @@ from quic.cong import (
     C_CUBIC,
     PACING_BURST_DATAGRAMS,
     PACING_BURST_INTERVAL,
+    PACING_WAKE_DATAGRAMS,
     Cubic,
     NewReno,
     Pacer,
@@ -467,3 +468,20 @@ def test_pacer_zero_rtt_does_not_divide_by_zero():
     for i in range(100):
         pacer.on_sent(MSS, i * 1e-3)
     assert math.isfinite(pacer.next_send_time(1.0))
+
+
+def test_a_paced_sender_wakes_for_several_datagrams_not_one():
+    """next_send_time says when one datagram may leave; the sender held back sleeps
+    until PACING_WAKE_DATAGRAMS may, or until the bucket is full if it holds fewer."""
+    pacer = Pacer(MSS)
+    pacer.update_rate(1_000_000, 0.1)  # 12.5 MB/s: a 25 kB bucket, 20 datagrams
+    now = 10.0
+    pacer.on_sent(int(pacer.burst), now)  # the bucket emptied
+    one = pacer.next_send_time(now)
+    wake = pacer.wake_time(now)
+    assert one == pytest.approx(now + MSS / 12.5e6)
+    assert wake == pytest.approx(now + PACING_WAKE_DATAGRAMS * MSS / 12.5e6)
+    assert pacer.next_send_time(wake) == wake  # awake, it may send at once
+    big = Pacer(65_000)  # large datagrams: a bucket of two, less than the quantum
+    big.on_sent(int(big.burst), now)
+    assert big.wake_time(now) == pytest.approx(now + big.burst / big._rate)
