@@ -67,15 +67,18 @@ class Endpoint:
 
 
 def run(server: Endpoint, client: Endpoint, feed, drain, total: int, now: float, link_args):
-    """Move ``total`` bytes; (simulated seconds, datagrams dropped by the queue). Time
-    jumps from event to event (a datagram's arrival, a side's timer, pacing included),
-    at most MAX_STEP apart so the application's side keeps writing and reading."""
+    """Move ``total`` bytes; (simulated seconds from the first write, datagrams dropped
+    by the queue). ``feed`` writes and says whether the transfer has begun: a peer's
+    handshake crosses the link first, and is not counted. Time jumps from event to
+    event (a datagram's arrival, a side's timer, pacing included), at most MAX_STEP
+    apart so the application's side keeps writing and reading."""
     links = {id(server): Link(*link_args), id(client): Link(*link_args)}
     wire: list = []
     order = itertools.count()
-    start, got = now, 0
+    start, got = None, 0
     for _ in range(MAX_EVENTS):
-        feed(now)
+        if feed(now) and start is None:
+            start = now
         for sender, receiver in ((server, client), (client, server)):
             deadline = sender.deadline()
             if deadline is not None and deadline <= now:
@@ -89,7 +92,7 @@ def run(server: Endpoint, client: Endpoint, feed, drain, total: int, now: float,
             _, _, receiver, datagram = heapq.heappop(wire)
             receiver.receive(datagram, now)
         got += drain()
-        if got >= total:
+        if got >= total and start is not None:
             return now - start, sum(link.dropped for link in links.values())
         events = [now + MAX_STEP]
         if wire:
@@ -117,11 +120,12 @@ def kquic(total: int, link_args, pki=None) -> tuple[float, int]:
     sid = s.open_stream(uni=False)
     sent = 0
 
-    def feed(now: float) -> None:
+    def feed(now: float) -> bool:
         nonlocal sent
         while sent < total and s.stream_send_room(sid) >= len(BLOCK):
             s.send_stream(sid, BLOCK, sent + len(BLOCK) >= total, sent == 0)
             sent += len(BLOCK)
+        return True
 
     def drain() -> int:
         n = 0
@@ -159,19 +163,22 @@ def peer(library: str, total: int, link_args, pki) -> tuple[float, int]:
     )
     for datagram, _ in first:
         s.receive_datagram(datagram, CLIENT_ADDR, now=now)
-    state = {"sid": None, "sent": 0, "ready": False}
+    ready = False
+    sid: int | None = None
     received = [0]
 
-    def feed(now: float) -> None:
+    def feed(now: float) -> bool:
+        nonlocal ready, sid
         for conn, name in ((c, "client"), (s, "server")):
             while (event := conn.next_event()) is not None:
                 if isinstance(event, events.HandshakeCompleted) and name == "server":
-                    state["ready"] = True
+                    ready = True
                 elif isinstance(event, events.StreamDataReceived) and name == "client":
                     received[0] += len(event.data)
-        if state["ready"] and state["sid"] is None:
-            state["sid"] = s.get_next_available_stream_id()
-            s.send_stream_data(state["sid"], bytes(total), end_stream=True)
+        if ready and sid is None:
+            sid = s.get_next_available_stream_id()
+            s.send_stream_data(sid, bytes(total), end_stream=True)
+        return sid is not None
 
     def drain() -> int:
         n, received[0] = received[0], 0
