@@ -1203,10 +1203,9 @@ class Connection:
             frames=[],
             ect=self.ecn_codepoint == ECT_0,  # it leaves with the same marking
         )
-        size = self._header_size(APP, PROBE_PN_LENGTH) + sum(map(len, parts)) + AEAD_TAG_SIZE
-        pad = MIN_INITIAL_SIZE - size
+        pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts, PROBE_PN_LENGTH)
         if dcid is not None:
-            pad += len(self.dest_cids.active.cid) - len(dcid)  # _header_size counts that
+            pad += len(self.dest_cids.active.cid) - len(dcid)  # the estimate's header
         if pad > 0:
             parts.append(bytes(pad))
         datagram = self._seal(APP, parts, sent, PROBE_PN_LENGTH, dcid=dcid)
@@ -1588,9 +1587,12 @@ class Connection:
             size += varint_size(len(self.token)) + len(self.token)
         return size
 
-    def _estimate_size(self, level: int, payload_parts: list) -> int:
-        space = self.spaces[LEVEL_SPACE[level]]
-        pn_len = packet_number_length(space.next_pn, space.largest_acked)
+    def _estimate_size(self, level: int, payload_parts: list, pn_len: int | None = None) -> int:
+        """The sealed packet's size, its packet number ``pn_len`` bytes or as long as
+        the space needs."""
+        if pn_len is None:
+            space = self.spaces[LEVEL_SPACE[level]]
+            pn_len = packet_number_length(space.next_pn, space.largest_acked)
         return self._header_size(level, pn_len) + sum(map(len, payload_parts)) + AEAD_TAG_SIZE
 
     def _seal(

@@ -25,7 +25,7 @@ DEFAULT_SEND_BUFFER = 1 << 20
 # these: what a receiver may have to hold per stream and per connection when the
 # application stops reading. Chromium and quiche stop at the same 16 and 24 MiB. Since
 # the update goes out when half the window is consumed, a stream keeps about half its
-# window in flight: 8 MiB, 75 MB/s at 100 ms. The send buffer follows the congestion
+# window in flight: 8 MiB, 84 MB/s at 100 ms. The send buffer follows the congestion
 # window likewise.
 MAX_STREAM_WINDOW = 16 << 20
 MAX_CONNECTION_WINDOW = 24 << 20
