@@ -649,11 +649,41 @@ del _types, _decoder, _t
 _NONZERO = re.compile(b"[^\x00]")
 
 
-# A packet of a bulk transfer holds one STREAM frame with Offset and Length fields: a
-# 1-byte stream ID, a 4-byte offset (16 KiB to 1 GiB into the stream) and a 2-byte
-# length. Read with one unpack, it decodes in a third of the time of the general walk.
-_BULK_STREAM = struct.Struct(">BBIH")
-_BULK_HEADER = _BULK_STREAM.size
+# A packet of a bulk transfer holds one STREAM frame with Offset and Length fields
+# that ends the packet: a 1-byte stream ID, a 4- or 8-byte offset (from 16 KiB into the
+# stream) and a 2- or 4-byte length (up to 1 GiB). Read with one unpack, chosen by the
+# two varint prefixes, it decodes in a third of the time of the general walk.
+_VARINT_4_MASK = (1 << 30) - 1
+_VARINT_8_MASK = (1 << 62) - 1
+_BULK_SHAPES = {
+    # (offset's varint prefix, length's): (layout, offset mask, length mask)
+    (2, 1): (struct.Struct(">BBIH"), _VARINT_4_MASK, 0x3FFF),
+    (2, 2): (struct.Struct(">BBII"), _VARINT_4_MASK, _VARINT_4_MASK),
+    (3, 1): (struct.Struct(">BBQH"), _VARINT_8_MASK, 0x3FFF),
+    (3, 2): (struct.Struct(">BBQI"), _VARINT_8_MASK, _VARINT_4_MASK),
+}
+
+
+def decode_bulk_stream(
+    payload: bytes | bytearray | memoryview,
+) -> tuple[int, int, memoryview, bool] | None:
+    """(stream ID, offset, data, fin) of a payload that is one STREAM frame of the bulk
+    shape above, or None for any other payload."""
+    end = len(payload)
+    if end < 16 or payload[0] | 1 != 0x0F or payload[1] >> 6:
+        return None
+    offset_prefix = payload[2] >> 6
+    if offset_prefix < 2:
+        return None
+    shape = _BULK_SHAPES.get((offset_prefix, payload[2 + (4 << (offset_prefix - 2))] >> 6))
+    if shape is None:
+        return None
+    layout, offset_mask, length_mask = shape
+    ftype, sid, offset, length = layout.unpack_from(payload)
+    if length & length_mask != end - layout.size:
+        return None
+    data = memoryview(payload)[layout.size :]
+    return sid, offset & offset_mask, data, bool(ftype & STREAM_FIN_BIT)
 
 
 def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
@@ -665,13 +695,9 @@ def decode_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
     end = len(payload)
     if not end:
         raise QuicError(PROTOCOL_VIOLATION, 0, "packet without frames")
-    if payload[0] | 1 == 0x0F and end > _BULK_HEADER:
-        ftype, sid, offset, length = _BULK_STREAM.unpack_from(payload)
-        # Varint prefixes 00, 10 and 01: 1, 4 and 2 bytes; and the frame ends the packet.
-        shape = sid >> 6 == 0 and offset >> 30 == 2 and length >> 14 == 1
-        if shape and length & 0x3FFF == end - _BULK_HEADER:
-            data = memoryview(payload)[_BULK_HEADER:]
-            return [Stream(sid, offset & 0x3FFF_FFFF, data, bool(ftype & STREAM_FIN_BIT))]
+    bulk = decode_bulk_stream(payload)
+    if bulk is not None:
+        return [Stream(*bulk)]
     r = Reader(payload)
     frames: list[Frame] = []
     append = frames.append

@@ -495,6 +495,18 @@ class Reassembly:
         if seg_starts and seg_starts[0] <= self.read_offset + self.ready:
             self._drain()
 
+    def extend(self, offset: int, data: bytes | memoryview) -> bool:
+        """:meth:`insert` for data that continues the ready bytes with nothing held past
+        a gap, the in-order case; False, and nothing taken, for any other.
+
+        ``data`` is kept as it is, not copied: the caller passes a packet's data, a view
+        of a payload that is little more than that, so the one copy is the read's."""
+        if offset != self.read_offset + self.ready or self._seg_starts:
+            return False
+        self._ready.append(data)
+        self.ready += len(data)
+        return True
+
     def _insert_segments(self, offset: int, data: bytes | bytearray | memoryview, lo: int) -> None:
         """Store the parts of the frame from ``lo`` on that are not held yet."""
         view = memoryview(data)
@@ -620,6 +632,21 @@ class RecvStream:
         if self.reset_code is not None:
             return True
         return self.final_size is not None and self._buf.contiguous_end == self.final_size
+
+    def on_next(self, offset: int, data: bytes | memoryview) -> int | None:
+        """:meth:`on_frame` for a frame without FIN that continues the stream in order,
+        within the window, before its final size is known: how far the highest offset
+        grew. None, and nothing taken, for any other frame."""
+        end = offset + len(data)
+        if self.state != _R_RECV or end > self.max_stream_data:
+            return None
+        if not self._buf.extend(offset, data):
+            return None
+        grown = end - self.highest
+        if grown <= 0:
+            return 0
+        self.highest = end
+        return grown
 
     def on_frame(self, offset: int, data: bytes | bytearray | memoryview, fin: bool) -> int:
         """Take a STREAM frame; returns how far the highest received offset grew, which

@@ -34,6 +34,7 @@ from quic.frame import (
     StreamDataBlocked,
     StreamsBlocked,
     check_frames_allowed,
+    decode_bulk_stream,
     decode_frames,
     encode_ack,
     encode_crypto_header,
@@ -155,22 +156,24 @@ def test_stream_data_is_zero_copy_view() -> None:
 
 @given(
     st.sampled_from([0, 63, 64, 0x3FFF]),
-    st.sampled_from([0, 0x3FFF, 0x4000, 0x3FFF_FFFF, 0x4000_0000]),
-    st.sampled_from([0, 1, 63, 64, 1150, 0x3FFF, 0x4000]),
+    st.sampled_from([0, 0x3FFF, 0x4000, 0x3FFF_FFFF, 0x4000_0000, 1 << 40]),
+    st.sampled_from([0, 1, 63, 64, 1150, 0x3FFF, 0x4000, 65_000]),
     st.booleans(),
     st.sampled_from([b"", b"\x01", bytes(3)]),
 )
 def test_stream_frames_of_every_field_width_decode_alike(
     sid: int, offset: int, length: int, fin: bool, tail: bytes
 ) -> None:
-    """A one-frame bulk packet is read by a shortcut (1-, 4- and 2-byte fields); any
-    other width, or a frame that does not end the payload, by the general walk, with
-    the same result."""
+    """A one-frame bulk packet is read by a shortcut (a 1-byte stream ID, 4- or 8-byte
+    offset, 2- or 4-byte length); any other width, or a frame that does not end the
+    payload, by the general walk, with the same result."""
     data = bytes(range(256)) * (length // 256 + 1)
     payload = encode_stream_header(sid, offset, length, fin) + data[:length] + tail
     frames = decode_frames(payload)
     assert frames[0] == Stream(sid, offset, data[:length], fin)
     assert len(frames) == 1 + bool(tail)  # then a PING, or one PADDING run
+    bulk = sid < 64 and offset >= 0x4000 and length >= 64 and not tail
+    assert (decode_bulk_stream(payload) is not None) == bulk
 
 
 def test_a_stream_length_of_another_width_is_not_taken_for_a_short_one() -> None:
