@@ -143,6 +143,13 @@ class State(IntEnum):
     CLOSED = 4
 
 
+# The states and the space the per-packet paths read, as plain names: on Python 3.11 a
+# member looked up on an Enum class goes through EnumType's __getattr__ hook, some
+# 0.2 µs each time, a few times a packet.
+ESTABLISHING, ESTABLISHED, CLOSING, DRAINING, CLOSED = State
+APP_SPACE = PacketNumberSpace.APPLICATION
+
+
 @dataclass
 class ConnectionConfig:
     """What a socket fixes before the connection starts."""
@@ -232,7 +239,7 @@ class Connection:
         self.keys_ahead_due = self.is_client and config.compatible_versions
         self._keys_ahead: dict[int, tuple[bytes, PacketKeys, PacketKeys]] = {}
         self.peer_addr = peer_addr
-        self.state = State.ESTABLISHING
+        self.state = ESTABLISHING
         self.close_info: CloseInfo | None = None
         # The DCID the client's first Initial carried: it keys the Initial secrets and
         # the server echoes it in original_destination_connection_id.
@@ -391,7 +398,7 @@ class Connection:
 
     def set_secret(self, level: int, send: bool, cipher_type: int, secret: bytes) -> None:
         """QUIC_SOCKOPT_CRYPTO_SECRET: install one traffic secret for one direction."""
-        if self.state != State.ESTABLISHING:
+        if self.state != ESTABLISHING:
             raise ValueError("secrets are set only while the connection is establishing")
         keys = PacketKeys.from_secret(CipherSuite(cipher_type), secret, self.version)
         if level == HANDSHAKE:
@@ -527,7 +534,7 @@ class Connection:
 
     def _on_handshake_complete(self) -> None:
         self.handshake_complete = True
-        self.state = State.ESTABLISHED
+        self.state = ESTABLISHED
         # 0-RTT is over (RFC 9001 §4.9.3): a client sends 1-RTT only; a server that
         # declined early data drops the 0-RTT packets it kept.
         self.send_keys[EARLY] = None
@@ -595,10 +602,10 @@ class Connection:
     def receive_datagram(self, data: bytes, addr: tuple, now: float, ecn: int = NOT_ECT) -> None:
         """One UDP datagram from ``addr``; may hold several coalesced packets. ``ecn`` is
         the ECN codepoint of its IP header, counted for each packet it carries."""
-        if self.state >= State.DRAINING:
+        if self.state >= DRAINING:
             return
         self.bytes_received += len(data)
-        if self.state == State.CLOSING:
+        if self.state == CLOSING:
             # RFC 9000 §10.2.1: answer anything with the close again, but not every time.
             self.close_pending = True
             return
@@ -621,7 +628,7 @@ class Connection:
                 return
         else:
             unopened = self._receive_packets(data, addr, now, ecn, fixed_bit)
-        if unopened is None or self.state >= State.DRAINING:
+        if unopened is None or self.state >= DRAINING:
             return
         if unopened and is_stateless_reset(data, self.dest_cids.reset_tokens()):
             self._on_stateless_reset(now)
@@ -642,7 +649,7 @@ class Connection:
                 except QuicError as exc:
                     self._close_on_error(exc, now)
                     return None
-                if self.state >= State.DRAINING:
+                if self.state >= DRAINING:
                     return None
         except QuicError:
             unopened = True  # the rest of the datagram is malformed: drop it
@@ -652,7 +659,7 @@ class Connection:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
         log.info("stateless reset from the peer")
         self.close_info = CloseInfo(TransportError.NO_ERROR, None, b"stateless reset", True)
-        self.state = State.DRAINING
+        self.state = DRAINING
         self.close_deadline = now + 3 * self.recovery.pto_interval()
         self._notify_close()
 
@@ -701,7 +708,7 @@ class Connection:
         does for it, without parsing a Header first. False if it did not open."""
         packet = memoryview(data)
         pn_offset = 1 + self.config.cid_length
-        space = self.spaces[PacketNumberSpace.APPLICATION]
+        space = self.spaces[APP_SPACE]
         try:
             plain_header, pn, payload = self._open_app_packet(packet, pn_offset, space, now)
         except DecryptionError:
@@ -782,7 +789,7 @@ class Connection:
             handler = handlers.get(type(frame))
             if handler is not None and handler(self, frame, level, now):
                 ack_eliciting = True
-            if self.state >= State.DRAINING:
+            if self.state >= DRAINING:
                 return True
         space.on_received(pn, ack_eliciting, now, ecn)
         self.last_activity = now
@@ -870,14 +877,14 @@ class Connection:
     def _next_send_keys(self) -> None:
         self.send_keys[APP] = self.send_keys[APP].next_generation()
         self.key_phase ^= 1
-        self.key_update_pn = self.spaces[PacketNumberSpace.APPLICATION].next_pn
+        self.key_update_pn = self.spaces[APP_SPACE].next_pn
         self.packets_on_key = 0
 
     def can_update_keys(self) -> bool:
         """RFC 9001 §6.1: only once the handshake is confirmed, the peer is on our phase,
         and a packet sent on the current keys has been acknowledged."""
         return (
-            self.state == State.ESTABLISHED
+            self.state == ESTABLISHED
             and self.handshake_confirmed
             and self.key_update_pn is None
             and self.recv_phase == self.key_phase
@@ -920,7 +927,7 @@ class Connection:
         self.close_info = CloseInfo(
             TransportError.VERSION_NEGOTIATION_ERROR, 0, b"no common QUIC version", True
         )
-        self.state = State.CLOSED
+        self.state = CLOSED
         self._notify_close()
 
     # frame handlers: return False for frames that are not ack-eliciting
@@ -1202,7 +1209,7 @@ class Connection:
                 self.peer_address_validated = True
             elif check.local == 0 and check.peer_addr == self.peer_addr:
                 self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"path lost", False)
-                self.state = State.CLOSED
+                self.state = CLOSED
                 self._notify_close()
             elif check.local:
                 # RFC 9000 §9.2: we stay on the current path, and say so: the socket
@@ -1222,10 +1229,10 @@ class Connection:
             buf = bytearray()
             encode_frame(frame, buf)
             parts.append(bytes(buf))
-        space = self.spaces[PacketNumberSpace.APPLICATION]
+        space = self.spaces[APP_SPACE]
         sent = SentPacket(
             packet_number=space.next_pn,
-            space=PacketNumberSpace.APPLICATION,
+            space=APP_SPACE,
             time_sent=now,
             sent_bytes=0,
             ack_eliciting=False,
@@ -1255,7 +1262,7 @@ class Connection:
 
     def _on_connection_close(self, frame: ConnectionClose, level: int, now: float) -> bool:
         self.close_info = CloseInfo(frame.error_code, frame.frame_type, frame.reason, True)
-        self.state = State.DRAINING
+        self.state = DRAINING
         self.close_deadline = now + 3 * self.recovery.pto_interval()
         self._notify_close()
         return False
@@ -1371,9 +1378,9 @@ class Connection:
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Datagrams for ``self.peer_addr``, as many as congestion control and the
         anti-amplification limit allow (bounded per call)."""
-        if self.state == State.CLOSING:
+        if self.state == CLOSING:
             return self._close_datagrams(now)
-        if self.state != State.ESTABLISHING and self.state != State.ESTABLISHED:
+        if self.state != ESTABLISHING and self.state != ESTABLISHED:
             return []
         out = []
         if self._key_spent():
@@ -1399,7 +1406,7 @@ class Connection:
     def _only_streams_left(self) -> bool:
         """Whether the next packets would carry STREAM frames and nothing else: 1-RTT
         only, nothing owed but stream data (see :meth:`_stream_run`)."""
-        app = self.spaces[PacketNumberSpace.APPLICATION]
+        app = self.spaces[APP_SPACE]
         return bool(
             self.sending
             and self.peer_address_validated
@@ -1412,7 +1419,7 @@ class Connection:
         may have to be other than 1-RTT: where both the bulk loop and the shortcut out
         of an empty flush must leave the packet to the general path."""
         return bool(
-            self.state != State.ESTABLISHED
+            self.state != ESTABLISHED
             or self.send_keys[INITIAL] is not None
             or self.send_keys[HANDSHAKE] is not None
             or self.pending_ping
@@ -1435,7 +1442,7 @@ class Connection:
         handle (a stream that ends or runs out of credit, a frame that leaves room for
         another stream's) stops it, and the general path carries on.
         """
-        space = self.spaces[PacketNumberSpace.APPLICATION]
+        space = self.spaces[APP_SPACE]
         sending, streams, flow = self.sending, self.streams, self.flow_send
         pacer, cc = self.pacer, self.recovery.cc
         overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
@@ -1460,7 +1467,7 @@ class Connection:
             length = len(data)
             header = encode_stream_header(sid, offset, length, fin)
             sent = SentPacket(
-                pn, PacketNumberSpace.APPLICATION, now, 0, True, True, False,
+                pn, APP_SPACE, now, 0, True, True, False,
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
             datagram = self._seal(APP, [header, data], sent, pn_len)
@@ -1484,13 +1491,13 @@ class Connection:
         """
         search = self.plpmtud
         size = search.probed_size
-        space = self.spaces[PacketNumberSpace.APPLICATION]
+        space = self.spaces[APP_SPACE]
         pn = space.next_pn
         pn_len = packet_number_length(pn, space.largest_acked)
         padding = size - self._header_size(APP, pn_len) - AEAD_TAG_SIZE - 1
         sent = SentPacket(
             packet_number=pn,
-            space=PacketNumberSpace.APPLICATION,
+            space=APP_SPACE,
             time_sent=now,
             sent_bytes=size,
             is_pmtu_probe=True,
@@ -1671,12 +1678,12 @@ class Connection:
         self.packets_on_key += 1
         if self.packets_on_key >= self.confidentiality_limit * 3 // 4:
             self.update_keys()
-        if self.packets_on_key >= self.confidentiality_limit and self.state < State.CLOSED:
+        if self.packets_on_key >= self.confidentiality_limit and self.state < CLOSED:
             # No key may protect more: end silently, as the RFC asks.
             self.close_info = CloseInfo(
                 TransportError.AEAD_LIMIT_REACHED, 0, b"AEAD confidentiality limit", False
             )
-            self.state = State.CLOSED
+            self.state = CLOSED
             self._notify_close()
 
     def _build_packet(self, level: int, max_size: int, now: float, cc_room: int):
@@ -1951,9 +1958,9 @@ class Connection:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next."""
-        if self.state == State.CLOSED:
+        if self.state == CLOSED:
             return None
-        if self.state >= State.CLOSING:
+        if self.state >= CLOSING:
             return self.close_deadline
         deadlines = [self.idle_deadline()]
         if self.pacing_deadline is not None:
@@ -1978,9 +1985,9 @@ class Connection:
     def handle_timer(self, now: float) -> None:
         """Whatever was due at ``now``: close/drain end, idle timeout, loss detection, PTO.
         Due ACKs simply go out with the next :meth:`datagrams_to_send`."""
-        if self.state >= State.CLOSING:
+        if self.state >= CLOSING:
             if self.close_deadline is not None and now >= self.close_deadline:
-                self.state = State.CLOSED
+                self.state = CLOSED
             return
         if self.pacing_deadline is not None and now >= self.pacing_deadline:
             self.pacing_deadline = None  # the flush that follows sends what was held
@@ -1988,7 +1995,7 @@ class Connection:
             self._path_check_timer(now)
         if now >= self.idle_deadline():
             self.close_info = CloseInfo(TransportError.NO_ERROR, 0, b"idle timeout", False)
-            self.state = State.CLOSED
+            self.state = CLOSED
             self._notify_close()
             return
         loss = self.recovery.loss_detection_deadline()
@@ -2029,7 +2036,7 @@ class Connection:
     ) -> None:
         """Start an immediate close: CONNECTION_CLOSE 0x1d for an application close
         (``frame_type`` None), 0x1c for a transport error."""
-        if self.state >= State.CLOSING:
+        if self.state >= CLOSING:
             return
         self.close_info = CloseInfo(error_code, frame_type, reason, False)
         if (
@@ -2038,9 +2045,9 @@ class Connection:
             and self.send_keys[HANDSHAKE] is None
             and self.send_keys[APP] is None
         ):
-            self.state = State.CLOSED
+            self.state = CLOSED
         else:
-            self.state = State.CLOSING
+            self.state = CLOSING
             self.close_pending = True
             self.close_deadline = now + 3 * self.recovery.pto_interval()
         self._notify_close()
