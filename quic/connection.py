@@ -87,6 +87,7 @@ from .stream import (
     StreamLimitError,
     StreamManager,
 )
+from .stream import Stream as QuicStream  # .frame's Stream is the STREAM frame
 from .transport_params import (
     PreferredAddress,
     TransportParameters,
@@ -948,9 +949,7 @@ class Connection:
         if level == APP and self.key_update_pn is not None and frame.largest >= self.key_update_pn:
             self.key_update_pn = None
         self.pacer.update_rate(self.recovery.cc.congestion_window, self.recovery.rtt.smoothed_rtt)
-        for pkt in result.acked:
-            for rec in pkt.frames:
-                self._record_acked(rec)
+        self._records_acked(result.acked)
         for pkt in result.lost:
             for rec in pkt.frames:
                 self._record_lost(rec)
@@ -1321,25 +1320,47 @@ class Connection:
     # ------------------------------------------------------------------
     # acked and lost records
 
+    def _records_acked(self, packets: list[SentPacket]) -> None:
+        """The records of newly acknowledged packets, in order. A stream's consecutive
+        ranges without FIN, the run an ACK of a transfer covers, are acknowledged as
+        one: the stream's bookkeeping then runs once an ACK, not once a packet."""
+        run = None  # [stream, start, end] of the ranges merged so far
+        for pkt in packets:
+            for rec in pkt.frames:
+                if rec[0] == REC_STREAM and not rec[4]:
+                    stream, offset, length = rec[1], rec[2], rec[3]
+                    if run is not None and run[0] is stream and run[2] == offset:
+                        run[2] = offset + length
+                        continue
+                    if run is not None:
+                        self._stream_acked(run[0], run[1], run[2] - run[1], False)
+                    run = [stream, offset, offset + length]
+                    continue
+                if run is not None:
+                    self._stream_acked(run[0], run[1], run[2] - run[1], False)
+                    run = None
+                self._record_acked(rec)
+        if run is not None:
+            self._stream_acked(run[0], run[1], run[2] - run[1], False)
+
     def _record_acked(self, rec: tuple) -> None:
         kind = rec[0]
         if kind == REC_STREAM:
-            _, stream, offset, length, fin = rec
-            stream.send.on_acked(offset, length, fin)
-            if stream.send.state == uapi.QUIC_STREAM_SEND_STATE_RECVD:
-                self._notify_stream(
-                    stream.stream_id,
-                    uapi.QUIC_STREAM_SEND_STATE_RECVD,
-                    0,
-                    stream.send.final_size or 0,
-                )
-                self.streams.maybe_forget(stream.stream_id)
+            self._stream_acked(*rec[1:])
         elif kind == REC_ACK:
             self.spaces[rec[1]].on_ack_of_ack(rec[2])
         elif kind == REC_CRYPTO:
             self.crypto[rec[1]].on_acked(rec[2], rec[3])
         elif kind == REC_PMTU_PROBE and self.plpmtud.on_probe_acked(rec[1]):
             self._set_max_datagram_size(self.plpmtud.plpmtu)
+
+    def _stream_acked(self, stream: QuicStream, offset: int, length: int, fin: bool) -> None:
+        stream.send.on_acked(offset, length, fin)
+        if stream.send.state == uapi.QUIC_STREAM_SEND_STATE_RECVD:
+            self._notify_stream(
+                stream.stream_id, uapi.QUIC_STREAM_SEND_STATE_RECVD, 0, stream.send.final_size or 0
+            )
+            self.streams.maybe_forget(stream.stream_id)
 
     def _record_lost(self, rec: tuple) -> None:
         kind = rec[0]
