@@ -48,7 +48,7 @@ from quic.frame import (
     stream_header_size,
 )
 from quic.packet import PacketType
-from quic.varint import VARINT_MAX
+from quic.varint import VARINT_MAX, encode_varint
 
 FEE = TransportError.FRAME_ENCODING_ERROR
 PV = TransportError.PROTOCOL_VIOLATION
@@ -138,6 +138,20 @@ def test_stream_header_variants() -> None:
 def test_stream_header_size_matches(sid: int, offset: int, length: int, fin, with_length) -> None:
     header = encode_stream_header(sid, offset, length, fin, with_length)
     assert len(header) == stream_header_size(sid, offset, length, with_length)
+
+
+@given(
+    st.integers(0, 0x3F),
+    st.integers(0x4000, 0x3FFF_FFFF),
+    st.sampled_from([0x40, 1150, 0x3FFF, 0x4000, 65_000, 0x3FFF_FFFF]),
+    st.booleans(),
+)
+def test_bulk_stream_header_is_the_shortest_encoding(sid, offset, length, fin) -> None:
+    """The one-pack encoding of a bulk packet's frame is byte for byte the general one."""
+    expected = (
+        bytes((0x0E | fin,)) + encode_varint(sid) + encode_varint(offset) + encode_varint(length)
+    )
+    assert encode_stream_header(sid, offset, length, fin) == expected
 
 
 def test_stream_without_length_takes_rest_of_payload() -> None:
