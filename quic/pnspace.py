@@ -79,22 +79,27 @@ class PnSpace:
         """
         ranges = self.ranges
         self.unreported = True
-        if pn > self.largest_received:
-            if pn != self.largest_received + 1 and self.largest_received >= 0:
-                # A gap: RFC 9000 §13.2.1 asks for an immediate ACK on reordering.
-                self.ack_immediately = True
+        largest = self.largest_received
+        if pn == largest + 1 and ranges:
+            # The next in order, the usual case: the newest range (the one that holds
+            # the largest, never forgotten) grows.
+            ranges[-1][1] = pn
             self.largest_received = pn
             self.largest_received_time = now
-            if ranges and ranges[-1][1] == pn - 1:
-                ranges[-1][1] = pn
-            else:
-                ranges.append([pn, pn])
         else:
-            self.ack_immediately = True
-            self._insert(pn)
-        if len(ranges) > MAX_ACK_RANGES:
-            dropped = ranges.pop(0)
-            self.floor = dropped[1] + 1
+            if pn > largest:
+                if largest >= 0:
+                    # A gap: RFC 9000 §13.2.1 asks for an immediate ACK on reordering.
+                    self.ack_immediately = True
+                self.largest_received = pn
+                self.largest_received_time = now
+                ranges.append([pn, pn])
+            else:
+                self.ack_immediately = True
+                self._insert(pn)
+            if len(ranges) > MAX_ACK_RANGES:
+                dropped = ranges.pop(0)
+                self.floor = dropped[1] + 1
         if ecn:
             counts = self.ecn_counts
             if counts is None:
