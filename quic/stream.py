@@ -553,6 +553,10 @@ class Reassembly:
         if len(first) <= max_bytes and (len(ready) == 1 or len(first) == max_bytes):
             ready.popleft()
             out = first if type(first) is bytes else bytes(first)
+        elif self.ready <= max_bytes:
+            # All of it, the usual read of a transfer: one join of every chunk.
+            out = b"".join(ready)
+            ready.clear()
         else:
             parts = []
             want = max_bytes
