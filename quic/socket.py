@@ -487,10 +487,12 @@ class QuicSocket:
     # ------------------------------------------------------------------
     # the tunnel's Endpoint protocol (called from the I/O thread)
 
-    def datagram_received(self, data: bytes, addr: tuple, now: float, ecn: int) -> None:
+    def datagrams_received(self, datagrams: list, addr: tuple, now: float, ecn: int) -> None:
         with self._lock:
-            if self.conn is not None:
-                self.conn.receive_datagram(data, addr, now, ecn)
+            conn = self.conn
+            if conn is not None:
+                for data in datagrams:
+                    conn.receive_datagram(data, addr, now, ecn)
 
     def flush(self, now: float | None = None) -> None:
         """Send what the connection has, re-arm its timer, wake waiters: once the socket
@@ -1338,9 +1340,9 @@ class _PreferredPath:
     def __init__(self, sock: QuicSocket) -> None:
         self.sock = sock
 
-    def datagram_received(self, data: bytes, addr: tuple, now: float, ecn: int) -> None:
+    def datagrams_received(self, datagrams: list, addr: tuple, now: float, ecn: int) -> None:
         self.sock._via_preferred = True
-        self.sock.datagram_received(data, addr, now, ecn)
+        self.sock.datagrams_received(datagrams, addr, now, ecn)
 
     def flush(self, now: float) -> None:
         self.sock.flush(now)

@@ -86,8 +86,9 @@ ECN_BYTE = 0 if sys.byteorder == "little" else -1
 class Endpoint(Protocol):
     """A connection as the tunnel sees it."""
 
-    def datagram_received(self, data: bytes, addr: Address, now: float, ecn: int) -> None:
-        """``ecn`` is the ECN codepoint of the datagram's IP header."""
+    def datagrams_received(self, datagrams: list, addr: Address, now: float, ecn: int) -> None:
+        """Datagrams for this connection from one receive call (a GRO batch shares its
+        address, time and ``ecn``, the ECN codepoint of their IP headers), in order."""
         ...
 
     def flush(self, now: float) -> None: ...
@@ -406,11 +407,22 @@ class Tunnel:
                 datagrams = [data[i : i + segment] for i in range(0, len(data), segment)]
             else:
                 datagrams = (data,)
+            # Handed over a run at a time: one call and one socket lock for the
+            # segments of a GRO batch that go to one connection, nearly always all.
+            run: list[bytes] = []
+            runner = None
             for datagram in datagrams:
                 endpoint = self._route(datagram, addr, now)
-                if endpoint is not None:
-                    self._guard(endpoint.datagram_received, datagram, addr, now, ecn)
+                if endpoint is None:
+                    continue
+                if endpoint is not runner:
+                    if run:
+                        self._guard(runner.datagrams_received, run, addr, now, ecn)
+                    run, runner = [], endpoint
                     touched[id(endpoint)] = endpoint
+                run.append(datagram)
+            if run:
+                self._guard(runner.datagrams_received, run, addr, now, ecn)
         now = monotonic()
         for endpoint in touched.values():
             self._guard(endpoint.flush, now)

@@ -69,8 +69,8 @@ class Recorder:
         self.arrived = threading.Event()
         self.expected = 0
 
-    def datagram_received(self, data: bytes, addr, now: float, ecn: int) -> None:
-        self.codepoints.append(ecn)
+    def datagrams_received(self, datagrams: list, addr, now: float, ecn: int) -> None:
+        self.codepoints.extend(ecn for _ in datagrams)
         if len(self.codepoints) >= self.expected:
             self.arrived.set()
 

@@ -3,6 +3,7 @@ as the same datagrams, in order; without GSO they arrive the same way."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import sys
 import threading
@@ -45,8 +46,8 @@ def test_a_gso_batch_reaches_a_tunnel_as_its_datagrams(gro: bool) -> None:
     datagrams.append(bytes([0x40]) + b"tail" * 100)
 
     class Sink:
-        def datagram_received(self, data, addr, now, ecn) -> None:
-            got.append(bytes(data))
+        def datagrams_received(self, run, addr, now, ecn) -> None:
+            got.extend(bytes(data) for data in run)
             if len(got) == len(datagrams):
                 done.set()
 
@@ -65,6 +66,53 @@ def test_a_gso_batch_reaches_a_tunnel_as_its_datagrams(gro: bool) -> None:
         assert got == datagrams
         if gro and sys.platform.startswith("linux"):
             assert receiver.gro  # loopback takes GRO: the split path was the one used
+    finally:
+        put_tunnel(sender)
+        put_tunnel(receiver)
+
+
+@pytest.mark.parametrize("gro", [True, False])
+def test_connections_sharing_a_batch_each_get_theirs_in_order(gro: bool) -> None:
+    """Connections behind one address pair (a client tunnel's sockets to one server)
+    can share a GRO batch: the tunnel hands each its own datagrams, in order, a run at
+    a time."""
+    receiver = get_tunnel(("127.0.0.1", 0), 8)
+    sender = get_tunnel(("127.0.0.1", 0), 8)
+    pattern = "aabababbbaab"
+    datagrams = [
+        bytes([0x40]) + bytes([ord(owner)]) * 8 + bytes([i]) + bytes(1191)
+        for i, owner in enumerate(pattern)
+    ]
+    sinks: dict[str, list[bytes]] = {"a": [], "b": []}
+    calls: list[str] = []
+    done = threading.Event()
+
+    class Sink:
+        def __init__(self, owner: str) -> None:
+            self.owner = owner
+
+        def datagrams_received(self, run, addr, now, ecn) -> None:
+            calls.append(self.owner)
+            sinks[self.owner].extend(bytes(data) for data in run)
+            if sum(map(len, sinks.values())) == len(datagrams):
+                done.set()
+
+        def flush(self, now) -> None:
+            pass
+
+    try:
+        if not gro and receiver.gro:
+            receiver.sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+            receiver.gro = False
+        for owner in "ab":
+            receiver.add_route(bytes([ord(owner)]) * 8, Sink(owner))
+        sender.send_batch(datagrams, receiver.local_addr)
+        assert done.wait(5), f"{sinks} of {len(datagrams)} datagrams arrived"
+        for owner in "ab":
+            sent = zip(datagrams, pattern, strict=True)
+            assert sinks[owner] == [datagram for datagram, o in sent if o == owner]
+        runs = 1 + sum(x != y for x, y in itertools.pairwise(pattern))
+        assert runs <= len(calls) <= len(pattern)  # a run is never split across owners
     finally:
         put_tunnel(sender)
         put_tunnel(receiver)
