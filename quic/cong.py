@@ -383,9 +383,13 @@ class Pacer:
         if self._adaptive:
             self.burst = self._rate_burst()
 
+    def tokens(self, now: float) -> float:
+        """Bytes the bucket holds at ``now``: what may leave at once."""
+        return min(self._tokens + (now - self._last) * self._rate, self.burst)
+
     def next_send_time(self, now: float) -> float:
         """When a full-sized datagram may leave: ``now`` if it may leave at once."""
-        tokens = min(self._tokens + (now - self._last) * self._rate, self.burst)
+        tokens = self.tokens(now)
         if tokens >= self.max_datagram_size:
             return now
         return now + (self.max_datagram_size - tokens) / self._rate
@@ -394,7 +398,7 @@ class Pacer:
         """When a sender that :meth:`next_send_time` held back should try again: once
         PACING_WAKE_DATAGRAMS full datagrams may leave, or a full bucket if smaller."""
         want = min(PACING_WAKE_DATAGRAMS * self.max_datagram_size, self.burst)
-        tokens = min(self._tokens + (now - self._last) * self._rate, self.burst)
+        tokens = self.tokens(now)
         return now if tokens >= want else now + (want - tokens) / self._rate
 
     def on_sent(self, size: int, now: float) -> None:

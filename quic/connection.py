@@ -1465,40 +1465,63 @@ class Connection:
         """
         space = self.spaces[APP_SPACE]
         sending, streams, flow = self.sending, self.streams, self.flow_send
-        pacer, cc = self.pacer, self.recovery.cc
+        size = self.max_datagram_size
         overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
         ect = self.ecn_codepoint == ECT_0
+        # Long enough for every number the run may take: a byte more now and then.
+        pn_len = packet_number_length(space.next_pn + MAX_DATAGRAMS_PER_FLUSH, space.largest_acked)
+        # ``now`` stands still within the call: the run counts the pacing bucket and the
+        # congestion window down itself, and charges them its packets once, at its end.
+        tokens = self.pacer.tokens(now)
+        cc_room = self.recovery.cc.available(now)
+        run: list[SentPacket] = []
         while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
-            if pacer.next_send_time(now) > now:
-                self.pacing_deadline = pacer.wake_time(now)
+            if tokens < size:
+                self._on_sealed_run(run, now)
+                self.pacing_deadline = self.pacer.wake_time(now)
                 return
-            pn = space.next_pn
-            pn_len = packet_number_length(pn, space.largest_acked)
-            room = min(self.max_datagram_size, cc.available(now)) - overhead - pn_len
+            room = min(size, cc_room) - overhead - pn_len
             if room < 32:
-                return
+                break
             sid = next(iter(sending))
             stream = streams.get(sid)
             send = None if stream is None else stream.send
             chunk = None if send is None else send.next_frame(room - 24, flow.credit)
             if chunk is None:
-                return
+                break
             offset, data, fin, new_bytes = chunk
             flow.consume(new_bytes)
             length = len(data)
             header = encode_stream_header(sid, offset, length, fin)
+            pn = space.next_pn
             sent = SentPacket(
                 pn, APP_SPACE, now, 0, True, True, False,
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
             datagram = self._seal(APP, [header, data], sent, pn_len)
-            self._on_sealed(APP, sent, now)
-            self.bytes_sent += len(datagram)
+            space.next_pn = pn + 1
+            tokens -= sent.sent_bytes
+            cc_room -= sent.sent_bytes
+            run.append(sent)
             out.append(datagram)
             if not send.has_data() or room - len(header) - length >= 32:
-                return  # the general path retires the stream or fills the room
+                break  # the general path retires the stream or fills the room
             del sending[sid]  # round-robin, as _fill_streams goes
             sending[sid] = None
+        self._on_sealed_run(run, now)
+
+    def _on_sealed_run(self, run: list[SentPacket], now: float) -> None:
+        """What :meth:`_on_sealed` does for each packet of a stream run, for all of them
+        at once; their numbers are taken already."""
+        if not run:
+            return
+        size = self.recovery.on_packets_sent(run)
+        self.pacer.on_sent(size, now)
+        self.last_activity = now
+        self.bytes_sent += size
+        if self.trace is not None:
+            for sent in run:
+                self.trace("transport:packet_sent", _sent_event(PacketType.ONE_RTT, sent))
 
     def _build_pmtu_probe(self, now: float) -> bytes:
         """A PING padded to the probed size (RFC 9000 §14.4), alone in its datagram.

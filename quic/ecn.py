@@ -66,8 +66,8 @@ class EcnValidation:
         if self.state != EcnState.DISABLED:
             self._set(EcnState.TESTING)
 
-    def on_sent(self, space: int) -> None:
-        self._sent[space] += 1
+    def on_sent(self, space: int, count: int = 1) -> None:
+        self._sent[space] += count
 
     def on_ack(self, space: int, counts: tuple[int, int, int] | None, ect_acked: int) -> int:
         """Judge the counts of an ACK that raised the largest acknowledged packet number

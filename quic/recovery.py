@@ -249,6 +249,26 @@ class LossRecovery:
             self.cc.on_packet_sent(pkt.sent_bytes, pkt.time_sent)
             self._timer_base = pkt.time_sent
 
+    def on_packets_sent(self, pkts: list[SentPacket]) -> int:
+        """:meth:`on_packet_sent` for packets of one space sent at one time, each
+        ack-eliciting and in flight, all ECN-marked or none (a stream run); returns
+        their size."""
+        last = pkts[-1]
+        sp = self._spaces[last.space]
+        sent = sp.sent
+        size = 0
+        for pkt in pkts:
+            sent[pkt.packet_number] = pkt
+            size += pkt.sent_bytes
+        sp.largest_sent = last.packet_number
+        if last.ect:
+            self.ecn.on_sent(last.space, len(pkts))
+        sp.ack_eliciting_in_flight += len(pkts)
+        sp.time_of_last_ack_eliciting = last.time_sent
+        self.cc.on_packet_sent(size, last.time_sent)
+        self._timer_base = last.time_sent
+        return size
+
     def on_ack_received(
         self,
         space: int,
