@@ -1504,9 +1504,11 @@ class Connection:
             cc_room -= sent.sent_bytes
             run.append(sent)
             out.append(datagram)
-            if not send.has_data() or room - len(header) - length >= 32:
-                break  # the general path retires the stream or fills the room
-            del sending[sid]  # round-robin, as _fill_streams goes
+            if room - len(header) - length >= 32:
+                break  # the general path fills the room, with another stream's data
+            # Round-robin, as _fill_streams goes. A stream left without data stops the
+            # run when its turn comes again, and the general path retires it.
+            del sending[sid]
             sending[sid] = None
         self._on_sealed_run(run, now)
 
