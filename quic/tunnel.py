@@ -249,13 +249,15 @@ class Tunnel:
             if j - i == 1:
                 self.sendto(datagrams[i], addr)
             else:
-                self._send_segments(b"".join(datagrams[i:j]), size, addr, datagrams[i:j])
+                self._send_segments(datagrams[i:j], size, addr)
             i = j
         self.start()
 
-    def _send_segments(self, buf: bytes, size: int, addr: Address, parts: list[bytes]) -> None:
+    def _send_segments(self, parts: list[bytes], size: int, addr: Address) -> None:
+        """One sendmsg of ``parts`` as the segments of one GSO buffer: gathered by the
+        kernel from the list as it is, not joined here first."""
         try:
-            self.sock.sendmsg([buf], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
+            self.sock.sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(size))], 0, addr)
         except (BlockingIOError, InterruptedError):
             pass  # as for sendto: loss that recovery repairs
         except OSError as exc:
