@@ -2212,13 +2212,17 @@ class Connection:
         send = None if stream is None else stream.send
         return 0 if send is None else send.room(self.send_buffer(send))
 
-    def stream_send_low_watermark(self, sid: int) -> int:
-        """Free buffer bytes a blocked writer waits for: a quarter of the stream's send
-        buffer, so it wakes once per many ACKs, not on each (the kernel's
-        sk_stream_wspace rule is alike)."""
+    def stream_send_space(self, sid: int) -> tuple[int, int]:
+        """:meth:`stream_send_room`, and the free buffer bytes a blocked writer waits
+        for: a quarter of the stream's send buffer, so it wakes once per many ACKs, not
+        on each (the kernel's sk_stream_wspace rule is alike). Asked together: a
+        blocked writer's wake-up condition is tested on each flush."""
         stream = self.streams.get(sid)
         send = None if stream is None else stream.send
-        return 1 if send is None else max(1, self.send_buffer(send) // 4)
+        if send is None:
+            return 0, 1
+        limit = self.send_buffer(send)
+        return send.room(limit), max(1, limit // 4)
 
     def unacked_stream_data(self) -> bool:
         """Whether any stream still has data or a FIN the peer has not acknowledged."""

@@ -32,10 +32,14 @@ from functools import partial
 from . import netwatch, uapi
 from .alpn import split_alpns
 from .connection import (
+    CLOSED,
+    CLOSING,
+    DRAINING,
+    ESTABLISHED,
+    ESTABLISHING,
     MAX_QUEUED_DATAGRAMS,
     Connection,
     ConnectionConfig,
-    State,
     StreamClosedError,
 )
 from .crypto import PacketKeys
@@ -533,9 +537,9 @@ class QuicSocket:
         current.send_batch(datagrams, conn.peer_addr, conn.ecn_codepoint)
         if conn.keys_ahead_due and datagrams:
             conn.derive_ahead()  # the first flight is out: spare time until an answer
-        if conn.state == State.ESTABLISHED and self.state == SOCK_ESTABLISHING:
+        if conn.state == ESTABLISHED and self.state == SOCK_ESTABLISHING:
             self.state = SOCK_ESTABLISHED
-        if conn.state == State.CLOSED:
+        if conn.state == CLOSED:
             self._finish()
         else:
             self.tunnel.schedule(self, conn.next_deadline())
@@ -560,7 +564,7 @@ class QuicSocket:
             if conn.handshake_complete or not conn.crypto_inbox:
                 return False
             until = self._cork_until = now + HANDSHAKE_CORK
-        if now < until and conn.state < State.CLOSING:
+        if now < until and conn.state < CLOSING:
             return True
         self._cork_until = None
         return False
@@ -579,7 +583,7 @@ class QuicSocket:
             self._set_preferred_address(addr)
             return
         conn = self._check_alive()
-        if not conn.is_client or conn.state != State.ESTABLISHED or self._new_tunnel:
+        if not conn.is_client or conn.state != ESTABLISHED or self._new_tunnel:
             raise ValueError("only an established client migrates, once at a time")
         if (":" in addr[0]) != (self.family == _socket.AF_INET6):
             raise ValueError("migration keeps the address family")
@@ -637,7 +641,7 @@ class QuicSocket:
         (called from the address watcher's thread)."""
         with self._lock:
             conn = self.conn
-            if conn is None or conn.state != State.ESTABLISHED or replacement is None:
+            if conn is None or conn.state != ESTABLISHED or replacement is None:
                 return
             try:
                 self._set_connection_migration(uapi.pack_sockaddr((replacement, 0)))
@@ -714,7 +718,7 @@ class QuicSocket:
             or conn.datagrams_in
             or conn.readable
             or self._handshake_pending()
-            or conn.state >= State.DRAINING
+            or conn.state >= DRAINING
         )
 
     def _handshake_pending(self) -> bool:
@@ -725,7 +729,7 @@ class QuicSocket:
         conn = self.conn
         if conn is None:
             raise _err(errno.ENOTCONN)
-        if conn.state >= State.CLOSING:
+        if conn.state >= CLOSING:
             raise self._closed_error()
         return conn
 
@@ -784,7 +788,7 @@ class QuicSocket:
             lambda: (
                 self.conn is not None
                 and (
-                    self.conn.state != State.ESTABLISHING
+                    self.conn.state != ESTABLISHING
                     or self.conn.handshake_complete
                     or (early and self.conn.zero_rtt_allowed)
                 )
@@ -831,9 +835,8 @@ class QuicSocket:
             def has_room() -> bool:
                 # A bare FIN needs no buffer space; data waits for the low watermark
                 # (or for room for all it has left), so one wake-up moves a lot.
-                conn = self._check_alive()
-                needed = min(len(view) - sent, conn.stream_send_low_watermark(sid))
-                return conn.stream_send_room(sid) >= needed
+                room, low_watermark = self._check_alive().stream_send_space(sid)
+                return room >= min(len(view) - sent, low_watermark)
 
             while True:
                 if flags & uapi.MSG_MORE and not has_room():
@@ -960,7 +963,7 @@ class QuicSocket:
                     if conn.credit_due:
                         self.flush()  # the new credit leaves at once; nothing else is due
                     return data, [(uapi.SOL_QUIC, uapi.QUIC_STREAM_INFO, record)], sflags, peer
-                raise self._closed_error() if conn.state >= State.CLOSING else _err(errno.EAGAIN)
+                raise self._closed_error() if conn.state >= CLOSING else _err(errno.EAGAIN)
             finally:
                 self._update_ready()
 
@@ -986,7 +989,7 @@ class QuicSocket:
             deadline = time.monotonic() + timeout
 
             def ready() -> bool:
-                return bool(conn.crypto_inbox) or conn.state >= State.CLOSING
+                return bool(conn.crypto_inbox) or conn.state >= CLOSING
 
             if not ready():
                 self._uncork()  # the driver's answer is complete: send what was held
@@ -1008,7 +1011,7 @@ class QuicSocket:
             conn = self.conn
             if conn is None:
                 raise _err(errno.ENOTCONN)
-            if conn.state >= State.CLOSING:
+            if conn.state >= CLOSING:
                 raise self._closed_error()
             try:
                 conn.handshake_send(level, data)
@@ -1069,7 +1072,7 @@ class QuicSocket:
     def _establishing(self) -> Connection:
         if (
             self.conn is None
-            or self.conn.state != State.ESTABLISHING
+            or self.conn.state != ESTABLISHING
             or self.conn.handshake_complete
         ):
             raise ValueError("only while the connection is establishing")
@@ -1116,7 +1119,7 @@ class QuicSocket:
         """Start a 1-RTT key update: EPIPE unless established, EAGAIN while the previous
         update is unconfirmed (RFC 9001 §6.1 allows one at a time)."""
         conn = self.conn
-        if conn is None or conn.state != State.ESTABLISHED:
+        if conn is None or conn.state != ESTABLISHED:
             raise _err(errno.EPIPE, "not established")
         if not conn.update_keys():
             raise _err(errno.EAGAIN, "the previous key update is not yet confirmed")
@@ -1136,7 +1139,7 @@ class QuicSocket:
 
     def _set_transport_param(self, value: bytes) -> None:
         rec = uapi.QuicTransportParam.unpack(value)
-        if self.conn is not None and self.conn.state != State.ESTABLISHING:
+        if self.conn is not None and self.conn.state != ESTABLISHING:
             raise ValueError("transport parameters are fixed once established")
         if rec.remote:
             self.remote_params = rec
@@ -1161,7 +1164,7 @@ class QuicSocket:
 
     def _set_config(self, value: bytes) -> None:
         rec = uapi.QuicConfig.unpack(value)
-        if self.conn is not None and self.conn.state != State.ESTABLISHING:
+        if self.conn is not None and self.conn.state != ESTABLISHING:
             raise ValueError("config is fixed once established")
         if rec.version and rec.version not in (uapi.QUIC_VERSION_V1, uapi.QUIC_VERSION_V2):
             raise ValueError("unsupported version")
@@ -1281,18 +1284,18 @@ class QuicSocket:
         nothing."""
         with self._lock:
             conn = self.conn
-            if conn is not None and conn.state < State.CLOSING and self._timeout != 0.0:
+            if conn is not None and conn.state < CLOSING and self._timeout != 0.0:
                 linger = LINGER if self._timeout is None else min(self._timeout, LINGER)
                 deadline = time.monotonic() + linger
                 try:
                     self._wait(
-                        lambda: conn.state >= State.CLOSING or not conn.unacked_stream_data(),
+                        lambda: conn.state >= CLOSING or not conn.unacked_stream_data(),
                         deadline,
                     )
                 except TimeoutError:
                     pass  # lingered long enough: close with what is still unacknowledged
             self._cork_until = None
-            if conn is not None and conn.state < State.CLOSING:
+            if conn is not None and conn.state < CLOSING:
                 rec = self.close_record
                 # A failed handshake reports its TLS alert as CRYPTO_ERROR (0x100 + alert):
                 # a transport close, which RFC 9000 §10.2.3 lets through before 1-RTT.
@@ -1318,7 +1321,7 @@ class QuicSocket:
             self.shutdown()
             self._wake_all()
             conn = self.conn
-            if self.tunnel is not None and (conn is None or conn.state == State.CLOSED):
+            if self.tunnel is not None and (conn is None or conn.state == CLOSED):
                 if conn is not None:
                     self._finish()
                 else:
@@ -1352,7 +1355,7 @@ class _PreferredPath:
 
 
 def _datagram_room(conn: Connection) -> bool:
-    return len(conn.datagrams_out) < MAX_QUEUED_DATAGRAMS or conn.state >= State.CLOSING
+    return len(conn.datagrams_out) < MAX_QUEUED_DATAGRAMS or conn.state >= CLOSING
 
 
 def socket(
