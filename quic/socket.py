@@ -856,7 +856,8 @@ class QuicSocket:
                 try:
                     conn.send_stream(
                         sid,
-                        view[sent : sent + take],
+                        # Whole, immutable bytes are kept by the stream without a copy.
+                        data if take == len(view) else view[sent : sent + take],
                         fin and last,
                         bool(sflags & uapi.MSG_QUIC_STREAM_NEW),
                     )

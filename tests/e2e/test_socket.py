@@ -135,6 +135,28 @@ def test_corked_writes_beyond_the_send_buffer_still_leave(pki, server_thread) ->
     srv.close()
 
 
+def test_a_buffer_reused_after_sendmsg_changes_nothing_sent(pki, server_thread) -> None:
+    """bytes are kept by the stream as they are; a bytearray or memoryview the caller
+    may overwrite once sendmsg returns is copied."""
+    srv = listener()
+    server = server_thread(lambda: echo_digest(srv, pki, 1))
+    cli = connect(srv.getsockname()[1], pki)
+    parts = [os.urandom(100_000) for _ in range(6)]
+    buffer = bytearray(100_000)
+    for i, part in enumerate(parts):
+        buffer[:] = part
+        flags = uapi.MSG_QUIC_STREAM_NEW if i == 0 else 0
+        data = (part, buffer, memoryview(buffer))[i % 3]
+        assert quic_sendmsg(cli, data, -1, flags | uapi.MSG_MORE) == len(part)
+        buffer[:] = bytes(len(buffer))  # reused at once
+    quic_sendmsg(cli, b"", -1, uapi.MSG_QUIC_STREAM_FIN)
+    _, reply = read_stream(cli)
+    assert reply == hashlib.sha256(b"".join(parts)).digest()
+    server.join()
+    cli.close()
+    srv.close()
+
+
 def test_many_streams(pki, server_thread) -> None:
     srv = listener()
     server = server_thread(lambda: echo_digest(srv, pki, 16))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
 
 import pytest
@@ -805,3 +806,19 @@ def test_bulk_receive_holds_only_unread_bytes() -> None:
         if (update := recv.max_stream_data_update(0.0, 0.0)) is not None:
             assert update == received + window
     assert received == offset and recv.stored == 0
+
+
+@pytest.mark.parametrize("size", [1000, 100_000])
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_a_write_of_a_mutable_buffer_is_copied(size: int, kind: str) -> None:
+    """Only immutable bytes are kept as written; a buffer the caller may overwrite
+    once the write returns is copied."""
+    send = SendStream(max_stream_data=1 << 20)
+    source = bytearray(os.urandom(size))
+    original = bytes(source)
+    send.write(source if kind == "bytearray" else memoryview(source), fin=True)
+    source[:] = bytes(size)
+    got = bytearray()
+    while (chunk := send.next_frame(1 << 20, 1 << 20)) is not None and chunk[1]:
+        got += chunk[1]
+    assert bytes(got) == original
