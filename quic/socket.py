@@ -783,6 +783,9 @@ class QuicSocket:
     def _wait_established(self, flags: int, early: bool = False) -> Connection:
         """The connection once established; with ``early``, a resuming client's at once
         (its data goes in 0-RTT packets, or 1-RTT if the server declines them)."""
+        conn = self.conn
+        if conn is not None and conn.state == ESTABLISHED:
+            return conn  # every send after the handshake: nothing to wait for
         deadline = self._deadline()
         self._wait(
             lambda: (
@@ -839,18 +842,20 @@ class QuicSocket:
                 return room >= min(len(view) - sent, low_watermark)
 
             while True:
-                if flags & uapi.MSG_MORE and not has_room():
-                    # Corked data must leave before the writer waits for room, or
-                    # nothing would send it (as TCP pushes before sk_stream_wait_memory).
-                    self.flush()
-                try:
-                    self._wait(has_room, deadline, flags, pure=True)
-                except OSError as exc:
-                    if exc.errno == errno.EAGAIN and sent:
-                        break
-                    if exc.errno == errno.EAGAIN and has_cmsg and conn.stream_blocked(sid):
-                        raise _err(errno.ENOSPC) from None
-                    raise
+                if not has_room():
+                    if flags & uapi.MSG_MORE:
+                        # Corked data must leave before the writer waits for room, or
+                        # nothing would send it (as TCP pushes before
+                        # sk_stream_wait_memory).
+                        self.flush()
+                    try:
+                        self._wait(has_room, deadline, flags, pure=True)
+                    except OSError as exc:
+                        if exc.errno == errno.EAGAIN and sent:
+                            break
+                        if exc.errno == errno.EAGAIN and has_cmsg and conn.stream_blocked(sid):
+                            raise _err(errno.ENOSPC) from None
+                        raise
                 take = min(len(view) - sent, conn.stream_send_room(sid))
                 last = sent + take == len(view)
                 try:
