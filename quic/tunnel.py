@@ -406,28 +406,36 @@ class Tunnel:
             # application threads made while this batch was being read.
             now = monotonic()
             if segment and len(data) > segment:
-                datagrams = [data[i : i + segment] for i in range(0, len(data), segment)]
-            else:
-                datagrams = (data,)
-            # Handed over a run at a time: one call and one socket lock for the
-            # segments of a GRO batch that go to one connection, nearly always all.
-            run: list[bytes] = []
-            runner = None
-            for datagram in datagrams:
-                endpoint = self._route(datagram, addr, now)
-                if endpoint is None:
-                    continue
-                if endpoint is not runner:
-                    if run:
-                        self._guard(runner.datagrams_received, run, addr, now, ecn)
-                    run, runner = [], endpoint
-                    touched[id(endpoint)] = endpoint
-                run.append(datagram)
-            if run:
-                self._guard(runner.datagrams_received, run, addr, now, ecn)
+                segments = [data[i : i + segment] for i in range(0, len(data), segment)]
+                self._deliver_segments(segments, addr, now, ecn, touched)
+                continue
+            endpoint = self._route(data, addr, now)
+            if endpoint is not None:
+                self._guard(endpoint.datagrams_received, [data], addr, now, ecn)
+                touched[id(endpoint)] = endpoint
         now = monotonic()
         for endpoint in touched.values():
             self._guard(endpoint.flush, now)
+
+    def _deliver_segments(
+        self, segments: list, addr: Address, now: float, ecn: int, touched: dict
+    ) -> None:
+        """A GRO batch's datagrams, handed over a run at a time: one call and one socket
+        lock for the segments that go to one connection, nearly always all."""
+        run: list[bytes] = []
+        runner = None
+        for datagram in segments:
+            endpoint = self._route(datagram, addr, now)
+            if endpoint is None:
+                continue
+            if endpoint is not runner:
+                if run:
+                    self._guard(runner.datagrams_received, run, addr, now, ecn)
+                run, runner = [], endpoint
+                touched[id(endpoint)] = endpoint
+            run.append(datagram)
+        if run:
+            self._guard(runner.datagrams_received, run, addr, now, ecn)
 
     def _route(self, data: bytes, addr: Address, now: float) -> Endpoint | None:
         """The connection a datagram belongs to, a new one from a listener, or None (dropped
