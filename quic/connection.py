@@ -603,23 +603,22 @@ class Connection:
     def receive_datagram(self, data: bytes, addr: tuple, now: float, ecn: int = NOT_ECT) -> None:
         """One UDP datagram from ``addr``; may hold several coalesced packets. ``ecn`` is
         the ECN codepoint of its IP header, counted for each packet it carries."""
-        if self.state >= DRAINING:
+        if self.state >= CLOSING:
+            if self.state == CLOSING:
+                # RFC 9000 §10.2.1: answer anything with the close again, not every time.
+                self.bytes_received += len(data)
+                self.close_pending = True
             return
         self.bytes_received += len(data)
-        if self.state == CLOSING:
-            # RFC 9000 §10.2.1: answer anything with the close again, but not every time.
-            self.close_pending = True
-            return
         moved = addr != self.peer_addr
         self._packet_addr = addr
         self._non_probing = False
         first = data[0] if data else HEADER_FORM_BIT
-        fixed_bit = not self.local_params.grease_quic_bit
         if (
             not first & HEADER_FORM_BIT
             and self.recv_keys[APP] is not None
             and len(data) > 1 + self.config.cid_length
-            and (first & FIXED_BIT or not fixed_bit)
+            and (first & FIXED_BIT or self.local_params.grease_quic_bit)
         ):
             # Nearly every datagram: one 1-RTT packet, our CID at a fixed place.
             try:
@@ -628,6 +627,7 @@ class Connection:
                 self._close_on_error(exc, now)
                 return
         else:
+            fixed_bit = not self.local_params.grease_quic_bit
             unopened = self._receive_packets(data, addr, now, ecn, fixed_bit)
         if unopened is None or self.state >= DRAINING:
             return

@@ -46,8 +46,9 @@ def decode_packet_number(truncated_pn: int, pn_nbits: int, largest_pn: int) -> i
     expected_pn = largest_pn + 1
     pn_win = 1 << pn_nbits
     pn_hwin = pn_win // 2
-    pn_mask = pn_win - 1
-    candidate_pn = (expected_pn & ~pn_mask) | truncated_pn
+    candidate_pn = (expected_pn & -pn_win) | truncated_pn
+    if expected_pn - pn_hwin < candidate_pn <= expected_pn + pn_hwin:
+        return candidate_pn  # the usual case, every packet: neither correction applies
     if candidate_pn <= expected_pn - pn_hwin and candidate_pn < (1 << 62) - pn_win:
         return candidate_pn + pn_win
     if candidate_pn > expected_pn + pn_hwin and candidate_pn >= pn_win:
@@ -346,8 +347,10 @@ def encode_short_header(
 ) -> bytes:
     """A plaintext 1-RTT header ending with the truncated packet number; the reserved
     bits are 0, as RFC 9000 §17.3.1 requires before protection."""
-    first = _fixed_bit(grease_fixed_bit) | (spin << 5) | (key_phase << 2) | (pn_len - 1)
-    return bytes((first,)) + dcid + truncate_packet_number(pn, pn_len).to_bytes(pn_len, "big")
+    fixed = _fixed_bit(True) if grease_fixed_bit else FIXED_BIT
+    first = fixed | (spin << 5) | (key_phase << 2) | (pn_len - 1)
+    truncated = pn & ((1 << (8 * pn_len)) - 1)  # every packet: truncate_packet_number inline
+    return bytes((first,)) + dcid + truncated.to_bytes(pn_len, "big")
 
 
 def grease_version() -> int:

@@ -438,6 +438,37 @@ def test_packet_number_round_trip(largest: int, pn_len: int, data) -> None:
     assert decode_packet_number(truncated, 8 * pn_len, largest) == pn
 
 
+def rfc9000_decode(truncated_pn: int, pn_nbits: int, largest_pn: int) -> int:
+    """RFC 9000 Appendix A.3, as written there."""
+    expected_pn = largest_pn + 1
+    pn_win = 1 << pn_nbits
+    pn_hwin = pn_win // 2
+    pn_mask = pn_win - 1
+    candidate_pn = (expected_pn & ~pn_mask) | truncated_pn
+    if candidate_pn <= expected_pn - pn_hwin and candidate_pn < (1 << 62) - pn_win:
+        return candidate_pn + pn_win
+    if candidate_pn > expected_pn + pn_hwin and candidate_pn >= pn_win:
+        return candidate_pn - pn_win
+    return candidate_pn
+
+
+@given(
+    largest=st.one_of(
+        st.integers(-1, 1 << 16),
+        st.integers(-1, 1 << 40),
+        st.integers((1 << 62) - (1 << 34), (1 << 62) - 1),
+    ),
+    pn_len=PN_LENS,
+    data=st.data(),
+)
+def test_packet_number_decoding_is_the_rfcs(largest: int, pn_len: int, data) -> None:
+    """Any truncated number, near the expected one or not, decodes as Appendix A.3 does."""
+    truncated = data.draw(st.integers(0, (1 << (8 * pn_len)) - 1))
+    assert decode_packet_number(truncated, 8 * pn_len, largest) == rfc9000_decode(
+        truncated, 8 * pn_len, largest
+    )
+
+
 @given(pn=st.integers(0, 1 << 40), gap=st.integers(0, (1 << 31) - 2))
 def test_packet_number_length_suffices(pn: int, gap: int) -> None:
     largest_acked = pn - 1 - gap
