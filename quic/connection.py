@@ -1486,19 +1486,19 @@ class Connection:
             sid = next(iter(sending))
             stream = streams.get(sid)
             send = None if stream is None else stream.send
-            chunk = None if send is None else send.next_frame(room - 24, flow.credit)
-            if chunk is None:
+            frame = None if send is None else send.next_pieces(room - 24, flow.credit)
+            if frame is None:
                 break
-            offset, data, fin, new_bytes = chunk
+            offset, parts, length, fin, new_bytes = frame
             flow.consume(new_bytes)
-            length = len(data)
             header = encode_stream_header(sid, offset, length, fin)
+            parts.insert(0, header)
             pn = space.next_pn
             sent = SentPacket(
                 pn, APP_SPACE, now, 0, True, True, False,
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
-            datagram = self._seal(APP, [header, data], sent, pn_len)
+            datagram = self._seal(APP, parts, sent, pn_len)
             space.next_pn = pn + 1
             tokens -= sent.sent_bytes
             cc_room -= sent.sent_bytes
@@ -1939,16 +1939,16 @@ class Connection:
                 continue
             while room >= 32:
                 header_room = room - 24  # stream header: type + id + offset + length
-                chunk = stream.send.next_frame(header_room, self.flow_send.credit)
-                if chunk is None:
+                frame = stream.send.next_pieces(header_room, self.flow_send.credit)
+                if frame is None:
                     break
-                offset, data, fin, new_bytes = chunk
+                offset, pieces, length, fin, new_bytes = frame
                 self.flow_send.consume(new_bytes)
-                header = encode_stream_header(sid, offset, len(data), fin)
+                header = encode_stream_header(sid, offset, length, fin)
                 parts.append(header)
-                parts.append(data)
-                records.append((REC_STREAM, stream, offset, len(data), fin))
-                room -= len(header) + len(data)
+                parts += pieces
+                records.append((REC_STREAM, stream, offset, length, fin))
+                room -= len(header) + length
             if not stream.send.has_data():
                 del sending[sid]
                 if stream.send.blocked():

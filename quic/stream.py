@@ -305,10 +305,22 @@ class SendStream:
     def next_frame(
         self, max_payload: int, connection_credit: int
     ) -> tuple[int, memoryview | bytes, bool, int] | None:
-        """(offset, data, fin, new bytes) for one STREAM frame of at most ``max_payload``
-        data bytes: lost ranges first, then new data within the stream's and the
-        connection's credit. ``new bytes`` is what the connection's credit must be
-        charged; retransmissions cost none."""
+        """(offset, data, fin, new bytes) for one STREAM frame: :meth:`next_pieces`
+        with its data in one piece."""
+        frame = self.next_pieces(max_payload, connection_credit)
+        if frame is None:
+            return None
+        offset, pieces, _, fin, new_bytes = frame
+        return offset, pieces[0] if len(pieces) == 1 else b"".join(pieces), fin, new_bytes
+
+    def next_pieces(
+        self, max_payload: int, connection_credit: int
+    ) -> tuple[int, list[memoryview | bytes], int, bool, int] | None:
+        """(offset, data pieces, length, fin, new bytes) for one STREAM frame of at most
+        ``max_payload`` data bytes: lost ranges first, then new data within the
+        stream's and the connection's credit. ``new bytes`` is what the connection's
+        credit must be charged; retransmissions cost none. The data comes as views of
+        the chunks it spans, so a packet's sealing is its one copy."""
         if self.reset_code is not None or max_payload <= 0:
             return None
         lost = self._lost
@@ -319,7 +331,7 @@ class SendStream:
             fin = self._fin_lost and end == self.write_end
             if fin:
                 self._fin_lost = False
-            return start, self._slice(start, end), fin, 0
+            return start, self._pieces(start, end), end - start, fin, 0
         start = self.sent_end
         limit = min(
             self.write_end,
@@ -338,12 +350,12 @@ class SendStream:
             self._fin_lost = False
             if self.state == _S_SEND:
                 self.state = _S_SENT
-        return start, self._slice(start, limit), fin, limit - start
+        return start, self._pieces(start, limit), limit - start, fin, limit - start
 
-    def _slice(self, start: int, end: int) -> memoryview | bytes:
-        """Bytes [start, end): a view into one chunk, or a join of at most one frame."""
+    def _pieces(self, start: int, end: int) -> list[memoryview | bytes]:
+        """Bytes [start, end) as views of the chunks that hold them, in order."""
         if start == end:
-            return b""
+            return [b""]
         if end > self._frozen_end:
             self._freeze()
         starts, chunks = self._starts, self._chunks
@@ -351,15 +363,15 @@ class SendStream:
         chunk = chunks[i]
         a = start - starts[i]
         if a + (end - start) <= len(chunk):
-            return memoryview(chunk)[a : a + end - start]
-        parts = [memoryview(chunk)[a:]]
+            return [memoryview(chunk)[a : a + end - start]]
+        pieces = [memoryview(chunk)[a:]]
         pos = starts[i] + len(chunk)
         while pos < end:
             i += 1
             chunk = chunks[i]
-            parts.append(memoryview(chunk)[: end - pos])
+            pieces.append(memoryview(chunk)[: end - pos])
             pos += len(chunk)
-        return b"".join(parts)
+        return pieces
 
     # what the peer acknowledged or lost
 

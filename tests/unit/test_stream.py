@@ -822,3 +822,18 @@ def test_a_write_of_a_mutable_buffer_is_copied(size: int, kind: str) -> None:
     while (chunk := send.next_frame(1 << 20, 1 << 20)) is not None and chunk[1]:
         got += chunk[1]
     assert bytes(got) == original
+
+
+def test_a_frame_across_chunks_comes_as_views_of_them() -> None:
+    """Data spanning written chunks is handed out as views, in order, so that sealing
+    the packet is the one copy; next_frame joins them for callers that want one piece."""
+    writes = [os.urandom(20_000) for _ in range(4)]
+    send = SendStream(max_stream_data=1 << 20)
+    for data in writes:
+        send.write(data)
+    offset, pieces, length, fin, new = send.next_pieces(50_000, 1 << 20)
+    assert (offset, length, fin, new) == (0, 50_000, False, 50_000)
+    assert len(pieces) == 3 and all(type(p) is memoryview for p in pieces)
+    assert b"".join(pieces) == b"".join(writes)[:50_000]
+    offset, data, fin, new = send.next_frame(50_000, 1 << 20)
+    assert (offset, bytes(data), new) == (50_000, b"".join(writes)[50_000:], 30_000)
