@@ -1498,7 +1498,7 @@ class Connection:
                 pn, APP_SPACE, now, 0, True, True, False,
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
-            datagram = self._seal(APP, parts, sent, pn_len)
+            datagram = self._seal(APP, parts, sent, pn_len, None, len(header) + length)
             space.next_pn = pn + 1
             tokens -= sent.sent_bytes
             cc_room -= sent.sent_bytes
@@ -1686,15 +1686,19 @@ class Connection:
         sent: SentPacket,
         pn_len: int | None = None,
         dcid: bytes | None = None,
+        length: int | None = None,
     ) -> bytes:
-        """``sent``'s packet protected, as it goes on the wire; its size is recorded."""
+        """``sent``'s packet protected, as it goes on the wire; its size is recorded.
+        ``length`` is the payload's, when the caller knows it."""
         pn = sent.packet_number
         if pn_len is None:
             pn_len = packet_number_length(pn, self.spaces[LEVEL_SPACE[level]].largest_acked)
-        payload = b"".join(payload_parts)
-        if len(payload) + pn_len < 4:
+        if length is None:
+            length = sum(map(len, payload_parts))
+        if length + pn_len < 4:
             # Header protection samples 16 bytes starting 4 after the packet number.
-            payload += bytes(4 - pn_len - len(payload))
+            payload_parts = [*payload_parts, bytes(4 - pn_len - length)]
+            length = 4 - pn_len
         if dcid is None:
             dcid = self.dest_cids.active.cid
         if level == APP:
@@ -1709,12 +1713,12 @@ class Connection:
                 dcid,
                 self.scid,
                 self.token if level == INITIAL else b"",
-                pn_len + len(payload) + AEAD_TAG_SIZE,
+                pn_len + length + AEAD_TAG_SIZE,
                 pn,
                 pn_len,
                 grease_fixed_bit=self.grease_bit and level != INITIAL,
             )
-        packet = self.send_keys[level].protect(header, payload, pn)
+        packet = self.send_keys[level].protect_parts(header, payload_parts, pn, length)
         sent.sent_bytes = len(packet)
         return packet
 

@@ -129,10 +129,25 @@ def initial_secrets(dcid: bytes, version: int) -> tuple[bytes, bytes]:
     )
 
 
-# Recent releases of cryptography write the ciphertext into a caller's buffer; with
-# older ones it comes back as a new bytes object and is copied into place.
-_ENCRYPT_INTO = all(hasattr(aead, "encrypt_into") for aead in (AESGCM, AESCCM, ChaCha20Poly1305))
-_ENCRYPT_INTO_MIN = 4096  # payload bytes from which writing in place beats a copy
+def _seals_in_place() -> bool:
+    """Whether this cryptography writes a ciphertext into a caller's buffer, and does so
+    right over the plaintext it reads from there (OpenSSL does; older releases have no
+    encrypt_into). Without it every ciphertext comes back as a new bytes object."""
+    if not all(hasattr(aead, "encrypt_into") for aead in (AESGCM, AESCCM, ChaCha20Poly1305)):
+        return False
+    aead, nonce, plain = AESGCM(bytes(16)), bytes(12), bytes(range(64)) * 2
+    buf = bytearray(plain + bytes(AEAD_TAG_SIZE))
+    view = memoryview(buf)
+    try:
+        aead.encrypt_into(nonce, view[: len(plain)], b"", view)
+    except Exception:
+        return False
+    return bytes(buf) == aead.encrypt(nonce, plain, b"")
+
+
+_ENCRYPT_IN_PLACE = _seals_in_place()
+_ENCRYPT_INTO_MIN = 4096  # payload bytes from which sealing in place beats appending
+_TAG_ROOM = bytes(AEAD_TAG_SIZE)  # where the tag goes when a payload is sealed in place
 
 
 class PacketKeys:
@@ -208,23 +223,30 @@ class PacketKeys:
 
     def protect(self, header: bytes, payload: bytes, pn: int) -> bytearray:
         """Seal ``payload`` under ``header`` (which ends with the packet number) and apply
-        header protection; returns the packet as it goes on the wire.
+        header protection; returns the packet as it goes on the wire."""
+        return self.protect_parts(header, [payload], pn, len(payload))
 
-        A large payload's ciphertext is written straight after the header in the
-        packet's buffer: for a 64 KiB datagram each extra copy costs as much as a fifth
-        of its encryption. A small one's is appended, which costs less than handing
-        cryptography a buffer (1200 bytes: 2.5 against 2.9 us a packet). Every packet
-        passes here, so the nonce and the mask are computed in place.
+    def protect_parts(self, header: bytes, parts: list, pn: int, length: int) -> bytearray:
+        """:meth:`protect` for the payload that ``parts`` make, ``length`` bytes in all.
+
+        A large payload is joined after the header into the packet's own buffer and
+        encrypted where it lies, the ciphertext over the plaintext: for a 64 KiB
+        datagram that is one copy and no zero-filled buffer (10 against 11.5 us a
+        packet). A small one's ciphertext is appended, which costs less than handing
+        cryptography a buffer (1200 bytes: 2.5 against 3.1 us). Every packet passes
+        here, so the nonce and the mask are computed in place.
         """
         header_len = len(header)
         nonce = (self._iv_int ^ pn).to_bytes(12, "big")
-        if _ENCRYPT_INTO and len(payload) >= _ENCRYPT_INTO_MIN:
-            out = bytearray(header_len + len(payload) + AEAD_TAG_SIZE)
-            out[:header_len] = header
-            self._aead.encrypt_into(nonce, payload, header, memoryview(out)[header_len:])
+        if _ENCRYPT_IN_PLACE and length >= _ENCRYPT_INTO_MIN:
+            out = bytearray().join([header, *parts, _TAG_ROOM])
+            view = memoryview(out)
+            self._aead.encrypt_into(
+                nonce, view[header_len : header_len + length], header, view[header_len:]
+            )
         else:
             out = bytearray(header)
-            out += self._aead.encrypt(nonce, payload, header)
+            out += self._aead.encrypt(nonce, b"".join(parts), header)
         first = header[0]
         pn_offset = header_len - (first & 0x03) - 1
         sample = out[pn_offset + 4 : pn_offset + 4 + SAMPLE_SIZE]

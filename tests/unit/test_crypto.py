@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quic import crypto as crypto_module
 from quic import uapi
 from quic.crypto import (
     CipherSuite,
@@ -253,6 +254,30 @@ def test_round_trip_every_suite(suite: CipherSuite, version: int, header: bytes)
         n2.unprotect(n1.protect(header, b"x" * 40, pn), len(header) - pn_len, pn - 1)[2]
         == b"x" * 40
     )
+
+
+def test_large_payloads_are_sealed_in_place_here() -> None:
+    """The installed cryptography seals over the plaintext, so the test below exercises
+    that path and not only the fallback."""
+    assert crypto_module._ENCRYPT_IN_PLACE
+
+
+@pytest.mark.parametrize("suite", list(CipherSuite))
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_payload_in_parts_seals_as_one(suite: CipherSuite, in_place: bool, monkeypatch) -> None:
+    """A large payload given in parts (a frame header and views of stream chunks) makes
+    the packet its joined bytes make, sealed in place or appended."""
+    monkeypatch.setattr(crypto_module, "_ENCRYPT_IN_PLACE", in_place)
+    secret = bytes(range(48))[: 48 if suite == CipherSuite.AES_256_GCM else 32]
+    sender = PacketKeys.from_secret(suite, secret, V1)
+    receiver = PacketKeys.from_secret(suite, secret, V1)
+    chunk = bytes(range(256)) * 100
+    parts = [b"\x0e\x04\x80\x01\x00\x00\x80\x00\x9c\x40", memoryview(chunk)[100:], chunk[:15_000]]
+    payload = b"".join(parts)
+    packet = sender.protect_parts(SHORT_HEADER, parts, 4, len(payload))
+    assert packet == sender.protect(SHORT_HEADER, payload, 4)
+    assert receiver.unprotect(packet, len(SHORT_HEADER) - 2, 3) == (SHORT_HEADER, 4, payload)
+    assert bytes(parts[1]) == chunk[100:]  # the parts themselves are left alone
 
 
 @pytest.mark.parametrize("position", [0, 5, 12, -1, -17])
