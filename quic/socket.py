@@ -1076,11 +1076,7 @@ class QuicSocket:
                 raise _err(errno.EINVAL, str(exc)) from None
 
     def _establishing(self) -> Connection:
-        if (
-            self.conn is None
-            or self.conn.state != ESTABLISHING
-            or self.conn.handshake_complete
-        ):
+        if self.conn is None or self.conn.state != ESTABLISHING or self.conn.handshake_complete:
             raise ValueError("only while the connection is establishing")
         return self.conn
 
