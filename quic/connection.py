@@ -1475,6 +1475,7 @@ class Connection:
         tokens = self.pacer.tokens(now)
         cc_room = self.recovery.cc.available(now)
         run: list[SentPacket] = []
+        sid = None  # the stream of the last packet, kept while it is the only one
         while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
             if tokens < size:
                 self._on_sealed_run(run, now)
@@ -1483,10 +1484,13 @@ class Connection:
             room = min(size, cc_room) - overhead - pn_len
             if room < 32:
                 break
-            sid = next(iter(sending))
-            stream = streams.get(sid)
-            send = None if stream is None else stream.send
-            frame = None if send is None else send.next_pieces(room - 24, flow.credit)
+            if sid is None:
+                sid = next(iter(sending))
+                stream = streams.get(sid)
+                send = None if stream is None else stream.send
+                if send is None:
+                    break
+            frame = send.next_pieces(room - 24, flow.credit)
             if frame is None:
                 break
             offset, parts, length, fin, new_bytes = frame
@@ -1506,10 +1510,12 @@ class Connection:
             out.append(datagram)
             if room - len(header) - length >= 32:
                 break  # the general path fills the room, with another stream's data
-            # Round-robin, as _fill_streams goes. A stream left without data stops the
-            # run when its turn comes again, and the general path retires it.
-            del sending[sid]
-            sending[sid] = None
+            if len(sending) > 1:
+                # Round-robin, as _fill_streams goes. A stream left without data stops
+                # the run when its turn comes again, and the general path retires it.
+                del sending[sid]
+                sending[sid] = None
+                sid = None
         self._on_sealed_run(run, now)
 
     def _on_sealed_run(self, run: list[SentPacket], now: float) -> None:
