@@ -562,7 +562,12 @@ class Reassembly:
         if not ready or max_bytes <= 0:
             return b""
         first = ready[0]
-        if len(first) <= max_bytes and (len(ready) == 1 or len(first) == max_bytes):
+        if len(first) > max_bytes:
+            # The read ends inside the first chunk: a large packet's data, a small read.
+            view = memoryview(first)
+            out = bytes(view[:max_bytes])
+            ready[0] = view[max_bytes:]
+        elif len(ready) == 1 or len(first) == max_bytes:
             ready.popleft()
             out = first if type(first) is bytes else bytes(first)
         elif self.ready <= max_bytes:
