@@ -2218,9 +2218,7 @@ class Connection:
 
     def stream_send_room(self, sid: int) -> int:
         """Bytes the stream's send buffer takes before a writer must wait."""
-        stream = self.streams.get(sid)
-        send = None if stream is None else stream.send
-        return 0 if send is None else send.room(self.send_buffer(send))
+        return self.stream_send_space(sid)[0]
 
     def stream_send_space(self, sid: int) -> tuple[int, int]:
         """:meth:`stream_send_room`, and the free buffer bytes a blocked writer waits

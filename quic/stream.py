@@ -1128,8 +1128,7 @@ class StreamManager:
         due = [
             stream
             for stream in self.window_candidates.values()
-            if stream.recv is not None
-            and stream.recv.max_stream_data_update(now, rtt) is not None
+            if stream.recv is not None and stream.recv.max_stream_data_update(now, rtt) is not None
         ]
         self.window_candidates.clear()
         return due
