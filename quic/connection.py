@@ -23,6 +23,7 @@ from .connid import DestinationConnectionIds, SourceConnectionIds, is_stateless_
 from .crypto import (
     CONFIDENTIALITY_LIMIT,
     INTEGRITY_LIMIT,
+    SAMPLE_SIZE,
     CipherSuite,
     DecryptionError,
     DeferredPacketKeys,
@@ -72,8 +73,10 @@ from .packet import (
     decode_packet_number,
     encode_long_header,
     encode_short_header,
+    grease_bits,
     iter_packets,
     packet_number_length,
+    short_header_starts,
     verify_retry,
 )
 from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, SearchState
@@ -206,6 +209,14 @@ class CloseInfo:
     frame_type: int | None  # None for an application close
     reason: bytes
     remote: bool
+
+
+class _RunStopped(Exception):
+    """A batch's run closed the connection; the datagrams from ``index`` on go one by one."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 class Connection:
@@ -635,6 +646,138 @@ class Connection:
             self._on_stateless_reset(now)
         elif moved and self._non_probing and self.handshake_confirmed and not self.is_client:
             self._on_peer_address_change(addr, len(data), now)
+
+    def receive_datagrams(
+        self, datagrams: list, addr: tuple, now: float, ecn: int = NOT_ECT
+    ) -> None:
+        """Datagrams that arrived together from ``addr`` with one ECN codepoint, in order
+        (a GRO batch): what :meth:`receive_datagram` does for each. An established
+        connection takes the batch in one pass (:meth:`_receive_run`)."""
+        start = 0
+        if (
+            len(datagrams) > 1
+            and self.state == ESTABLISHED
+            and addr == self.peer_addr
+            and self.trace is None
+        ):
+            try:
+                start = self._receive_run(datagrams, addr, now, ecn)
+            except _RunStopped as stop:
+                start = stop.index
+        for data in datagrams[start:]:
+            self.receive_datagram(data, addr, now, ecn)
+
+    def _receive_run(self, datagrams: list, addr: tuple, now: float, ecn: int) -> int:
+        """Header prediction (:meth:`_receive_predicted`) over a batch: the 1-RTT packets
+        that each continue a stream in order are opened with one header-protection call
+        for all, and counted for ACKs, flow control and idle time once per run instead
+        of once per packet. Any other packet is handed to the general path where it
+        stands, so order is kept. Returns how many datagrams were taken; the rest go one
+        by one, as they do once the connection leaves the established state."""
+        keys = self.recv_keys[APP]
+        space = self.spaces[APP_SPACE]
+        pn_offset = 1 + self.config.cid_length
+        sample_at = pn_offset + 4
+        sample_end = sample_at + SAMPLE_SIZE
+        if keys is None or not space.ranges or min(map(len, datagrams)) < sample_end:
+            return 0
+        masks = keys.hp_masks(b"".join([data[sample_at:sample_end] for data in datagrams]))
+        if masks is None:
+            return 0
+        fixed = 0 if self.local_params.grease_quic_bit else FIXED_BIT
+        form = HEADER_FORM_BIT | fixed
+        streams, readable = self.streams, self.readable
+        self._packet_addr = addr
+        self._non_probing = False
+        decrypt, phase, largest = keys.decrypt_payload, self.recv_phase, space.largest_received
+        count = grown = size = 0  # the run's in-order packets, stream growth, bytes
+        flow = self.flow_recv
+        room = flow.limit - flow.used  # past it the packet that crossed ends the batch
+        last_sid, recv = -1, None
+        for i, data in enumerate(datagrams):
+            m = i * SAMPLE_SIZE
+            raw = data[0]
+            first = raw ^ (masks[m] & 0x1F)
+            payload = None
+            if raw & form == fixed and not first & 0x18 and (first >> 2) & 1 == phase:
+                pn_len = (first & 0x03) + 1
+                pn_end = pn_offset + pn_len
+                truncated = int.from_bytes(data[pn_offset:pn_end], "big") ^ int.from_bytes(
+                    masks[m + 1 : m + 1 + pn_len], "big"
+                )
+                pn = decode_packet_number(truncated, pn_len << 3, largest)
+                if pn > largest:
+                    header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_len, "big")
+                    try:
+                        payload = decrypt(header, memoryview(data), pn_end, pn)
+                    except DecryptionError:
+                        pass  # the general path counts it, or finds a Stateless Reset
+            bulk = None if payload is None else decode_bulk_stream(payload)
+            if bulk is not None and not bulk[3]:
+                sid = bulk[0]
+                if sid != last_sid:
+                    stream = streams.get(sid)
+                    last_sid, recv = sid, None if stream is None else stream.recv
+                took = None if recv is None else recv.on_next(bulk[1], bulk[2])
+                if took is not None:
+                    grown += took
+                    size += len(data)
+                    readable[sid] = None
+                    if pn == largest + 1 and grown <= room:
+                        count += 1
+                    else:  # a gap (packets lost or late), or the window crossed
+                        self._take_run(space, count, grown, size, now, ecn, i + 1)
+                        count = grown = size = 0
+                        room = flow.limit - flow.used
+                        space.on_received(pn, True, now, ecn)
+                    largest = pn
+                    continue
+            self._take_run(space, count, grown, size, now, ecn, i)
+            count = grown = size = 0
+            if payload is None:
+                self.receive_datagram(data, addr, now, ecn)
+            else:
+                self.bytes_received += len(data)
+                try:
+                    self._on_packet(
+                        PacketType.ONE_RTT,
+                        space,
+                        header,
+                        pn,
+                        payload,
+                        len(data),
+                        (bytes(data[1:pn_offset]), b""),
+                        addr,
+                        now,
+                        ecn,
+                    )
+                except QuicError as exc:
+                    self._close_on_error(exc, now)
+            keys = self.recv_keys[APP]
+            if self.state != ESTABLISHED or keys is None or addr != self.peer_addr:
+                return i + 1
+            decrypt, phase, largest = keys.decrypt_payload, self.recv_phase, space.largest_received
+            room = flow.limit - flow.used
+            last_sid = -1
+        self._take_run(space, count, grown, size, now, ecn, len(datagrams))
+        return len(datagrams)
+
+    def _take_run(
+        self, space: PnSpace, count: int, grown: int, size: int, now: float, ecn: int, end: int
+    ) -> None:
+        """Account for a run's packets, all before index ``end`` of the batch; a run that
+        broke flow control closes the connection, and the batch goes on from ``end``."""
+        if not size:
+            return
+        self.bytes_received += size
+        self.last_activity = now
+        if count:
+            space.on_received_run(space.largest_received + count, count, now, ecn)
+        try:
+            self.flow_recv.on_received(grown)
+        except QuicError as exc:
+            self._close_on_error(exc, now)
+            raise _RunStopped(end) from None
 
     def _receive_packets(
         self, data: bytes, addr: tuple, now: float, ecn: int, fixed_bit: bool
@@ -1466,19 +1609,32 @@ class Connection:
         space = self.spaces[APP_SPACE]
         sending, streams, flow = self.sending, self.streams, self.flow_send
         size = self.max_datagram_size
-        overhead = 1 + len(self.dest_cids.active.cid) + AEAD_TAG_SIZE
+        dcid = self.dest_cids.active.cid
+        overhead = 1 + len(dcid) + AEAD_TAG_SIZE
         ect = self.ecn_codepoint == ECT_0
         # Long enough for every number the run may take: a byte more now and then.
         pn_len = packet_number_length(space.next_pn + MAX_DATAGRAMS_PER_FLUSH, space.largest_acked)
+        pn_mask = (1 << (8 * pn_len)) - 1
+        # The key, its phase and the header's start stand still within the run: it
+        # counts its packets against the key's limit, and may update keys, at its end.
+        if self._key_spent():
+            return
+        limit = self.confidentiality_limit
+        budget = limit - self.packets_on_key - 1 if limit else MAX_DATAGRAMS_PER_FLUSH
+        keys = self.send_keys[APP]
+        seal = keys.seal
+        starts = short_header_starts(dcid, pn_len, self.key_phase)
+        grease = self.grease_bit
         # ``now`` stands still within the call: the run counts the pacing bucket and the
         # congestion window down itself, and charges them its packets once, at its end.
         tokens = self.pacer.tokens(now)
         cc_room = self.recovery.cc.available(now)
         run: list[SentPacket] = []
+        sealed: list[bytearray] = []
         sid = None  # the stream of the last packet, kept while it is the only one
-        while len(out) < MAX_DATAGRAMS_PER_FLUSH and not self._key_spent():
+        while len(out) < MAX_DATAGRAMS_PER_FLUSH and len(run) < budget:
             if tokens < size:
-                self._on_sealed_run(run, now)
+                self._end_run(keys, sealed, run, now)
                 self.pacing_deadline = self.pacer.wake_time(now)
                 return
             room = min(size, cc_room) - overhead - pn_len
@@ -1495,20 +1651,24 @@ class Connection:
                 break
             offset, parts, length, fin, new_bytes = frame
             flow.consume(new_bytes)
-            header = encode_stream_header(sid, offset, length, fin)
-            parts.insert(0, header)
+            stream_header = encode_stream_header(sid, offset, length, fin)
+            parts.insert(0, stream_header)
             pn = space.next_pn
+            header = starts[grease_bits(1) if grease else 1] + (pn & pn_mask).to_bytes(
+                pn_len, "big"
+            )
+            datagram = seal(header, parts, pn, len(stream_header) + length)
             sent = SentPacket(
-                pn, APP_SPACE, now, 0, True, True, False,
+                pn, APP_SPACE, now, len(datagram), True, True, False,
                 [(REC_STREAM, stream, offset, length, fin)], ect,
             )  # fmt: skip
-            datagram = self._seal(APP, parts, sent, pn_len, None, len(header) + length)
             space.next_pn = pn + 1
             tokens -= sent.sent_bytes
             cc_room -= sent.sent_bytes
             run.append(sent)
+            sealed.append(datagram)
             out.append(datagram)
-            if room - len(header) - length >= 32:
+            if room - len(stream_header) - length >= 32:
                 break  # the general path fills the room, with another stream's data
             if len(sending) > 1:
                 # Round-robin, as _fill_streams goes. A stream left without data stops
@@ -1516,13 +1676,18 @@ class Connection:
                 del sending[sid]
                 sending[sid] = None
                 sid = None
-        self._on_sealed_run(run, now)
+        self._end_run(keys, sealed, run, now)
 
-    def _on_sealed_run(self, run: list[SentPacket], now: float) -> None:
-        """What :meth:`_on_sealed` does for each packet of a stream run, for all of them
-        at once; their numbers are taken already."""
+    def _end_run(
+        self, keys: PacketKeys, sealed: list[bytearray], run: list[SentPacket], now: float
+    ) -> None:
+        """What :meth:`_seal` and :meth:`_on_sealed` do for each packet of a stream run,
+        for all of them at once: header protection, the key's count, the pacing bucket,
+        the congestion window. Their numbers are taken already."""
         if not run:
             return
+        keys.mask_run(sealed, 1 + len(self.dest_cids.active.cid))
+        self._count_protected(len(run))
         size = self.recovery.on_packets_sent(run)
         self.pacer.on_sent(size, now)
         self.last_activity = now
@@ -1728,10 +1893,10 @@ class Connection:
         sent.sent_bytes = len(packet)
         return packet
 
-    def _count_protected(self) -> None:
+    def _count_protected(self, count: int = 1) -> None:
         """RFC 9001 §6.6: update keys well before the confidentiality limit; a key that
         reaches it cannot be used any more."""
-        self.packets_on_key += 1
+        self.packets_on_key += count
         if self.packets_on_key >= self.confidentiality_limit * 3 // 4:
             self.update_keys()
         if self.packets_on_key >= self.confidentiality_limit and self.state < CLOSED:

@@ -286,12 +286,12 @@ def peek_dcid(datagram: bytes | bytearray | memoryview, short_dcid_len: int) -> 
 
 # The greased bit only has to be unpredictable enough that middleboxes cannot rely on
 # it (RFC 9287 §3); a per-packet system call for it cost more than sealing the packet.
-_grease_bits = random.Random(secrets.randbits(64)).getrandbits
+grease_bits = random.Random(secrets.randbits(64)).getrandbits
 
 
 def _fixed_bit(grease_fixed_bit: bool) -> int:
     """The fixed bit: 1, or random once the peer advertised grease_quic_bit (RFC 9287)."""
-    return _grease_bits(1) << 6 if grease_fixed_bit else FIXED_BIT
+    return grease_bits(1) << 6 if grease_fixed_bit else FIXED_BIT
 
 
 def encode_long_header(
@@ -351,6 +351,14 @@ def encode_short_header(
     first = fixed | (spin << 5) | (key_phase << 2) | (pn_len - 1)
     truncated = pn & ((1 << (8 * pn_len)) - 1)  # every packet: truncate_packet_number inline
     return bytes((first,)) + dcid + truncated.to_bytes(pn_len, "big")
+
+
+def short_header_starts(dcid: bytes, pn_len: int, key_phase: int) -> tuple[bytes, bytes]:
+    """A 1-RTT header up to its packet number, with the fixed bit 0 and with it 1: a
+    sender building a run of packets appends each number to one of them (the first
+    only toward a peer that allows greasing, RFC 9287)."""
+    first = (key_phase << 2) | (pn_len - 1)
+    return bytes((first,)) + dcid, bytes((first | FIXED_BIT,)) + dcid
 
 
 def grease_version() -> int:

@@ -113,6 +113,24 @@ class PnSpace:
             if self.ack_eliciting_unacked >= ACK_ELICITING_THRESHOLD:
                 self.ack_immediately = True
 
+    def on_received_run(self, last: int, count: int, now: float, ecn: int) -> None:
+        """:meth:`on_received` for ``count`` ack-eliciting packets, each the next in order,
+        up to ``last``: the first was ``largest_received + 1``, and a range is held."""
+        self.ranges[-1][1] = last
+        self.largest_received = last
+        self.largest_received_time = now
+        self.unreported = True
+        if ecn:
+            counts = self.ecn_counts
+            if counts is None:
+                counts = self.ecn_counts = [0, 0, 0]
+            counts[COUNT_INDEX[ecn]] += count
+            if ecn == CE:
+                self.ack_immediately = True
+        self.ack_eliciting_unacked += count
+        if self.ack_eliciting_unacked >= ACK_ELICITING_THRESHOLD:
+            self.ack_immediately = True
+
     def _insert(self, pn: int) -> None:
         ranges = self.ranges
         i = bisect_right(ranges, [pn, float("inf")])

@@ -495,8 +495,7 @@ class QuicSocket:
         with self._lock:
             conn = self.conn
             if conn is not None:
-                for data in datagrams:
-                    conn.receive_datagram(data, addr, now, ecn)
+                conn.receive_datagrams(datagrams, addr, now, ecn)
 
     def flush(self, now: float | None = None) -> None:
         """Send what the connection has, re-arm its timer, wake waiters: once the socket

@@ -44,9 +44,12 @@ class Pair:
         client_compatible: bool = True,
         server_compatible: bool = True,
         ecn: bool = False,
+        batch: bool = False,
         **server_params,
     ) -> None:
+        """``batch`` hands each flight over as one batch, as a GRO read does."""
         self.now = 1000.0
+        self.batch = batch
         self.rng = random.Random(seed)
         self.loss = loss
         self.ecn = ecn
@@ -112,6 +115,7 @@ class Pair:
                 if deadline is not None and deadline <= self.now:
                     sender.handle_timer(self.now)
                 codepoint = sender.ecn_codepoint
+                flight = []
                 for datagram in sender.datagrams_to_send(self.now):
                     moved += 1
                     if self.server is None:
@@ -122,7 +126,12 @@ class Pair:
                     ecn = self.remark(receiver_name, codepoint)
                     if ecn is None:
                         continue
-                    receiver.receive_datagram(datagram, addr, self.now, ecn)
+                    if self.batch:
+                        flight.append(datagram)
+                    else:
+                        receiver.receive_datagram(datagram, addr, self.now, ecn)
+                if flight:
+                    receiver.receive_datagrams(flight, addr, self.now, ecn)
         return moved
 
     def run_until(self, condition, limit: int = 20000) -> None:

@@ -54,3 +54,17 @@ def test_in_order_packets_keep_one_range() -> None:
         space.on_received(pn, pn % 2 == 0, 0.0)
     assert space.ranges == [[0, 999]]
     assert space.ack_eliciting_unacked == 500 and space.ack_immediately  # §13.2.2
+
+
+@given(st.integers(1, 50), st.sampled_from([0, 1, 2, 3]), st.integers(0, 1))
+def test_a_run_counts_as_its_packets_one_by_one(count: int, ecn: int, unacked: int) -> None:
+    by_run, one_by_one = PnSpace(), PnSpace()
+    for space in (by_run, one_by_one):
+        space.on_received(0, bool(unacked), 1.0)
+        if not unacked:
+            space.on_ack_sent()
+    by_run.on_received_run(count, count, 2.0, ecn)
+    for pn in range(1, count + 1):
+        one_by_one.on_received(pn, True, 2.0, ecn)
+    for name in PnSpace.__slots__:
+        assert getattr(by_run, name) == getattr(one_by_one, name), name
