@@ -440,9 +440,9 @@ def test_pacer_burst_is_two_milliseconds_of_the_rate_within_bounds():
     assert pacer.burst == kInitialWindow(MSS)
     pacer.update_rate(100_000, 0.01)  # 12.5 MB/s: 25 kB in 2 ms
     assert pacer.burst == pytest.approx(1.25 * 100_000 / 0.01 * PACING_BURST_INTERVAL)
-    pacer.update_rate(10_000_000, 0.01)
+    pacer.update_rate(20_000_000, 0.01)
     assert pacer.burst == PACING_BURST_DATAGRAMS * MSS
-    pacer.set_max_datagram_size(65_000)  # 2 ms at this rate: 38 datagrams, so the cap
+    pacer.set_max_datagram_size(65_000)  # 2 ms at this rate: 77 datagrams, so the cap
     assert pacer.burst == PACING_BURST_DATAGRAMS * 65_000
     pacer.update_rate(200_000, 0.01)  # 50 kB in 2 ms: less than a window of these
     assert pacer.burst == kInitialWindow(65_000)
