@@ -1604,7 +1604,9 @@ class Connection:
         skip the general path's passes over levels and frame kinds, about a third of a
         sender's per-packet work (bench/micro_core.py). Whatever this loop does not
         handle (a stream that ends or runs out of credit, a frame that leaves room for
-        another stream's) stops it, and the general path carries on.
+        another stream's) stops it, and the general path carries on. While one stream
+        sends full packets, the frames of all that may leave come from one call
+        (:meth:`SendStream.full_frames`).
         """
         space = self.spaces[APP_SPACE]
         sending, streams, flow = self.sending, self.streams, self.flow_send
@@ -1646,28 +1648,49 @@ class Connection:
                 send = None if stream is None else stream.send
                 if send is None:
                     break
-            frame = send.next_pieces(room - 24, flow.credit)
-            if frame is None:
-                break
-            offset, parts, length, fin, new_bytes = frame
-            flow.consume(new_bytes)
-            stream_header = encode_stream_header(sid, offset, length, fin)
-            parts.insert(0, stream_header)
+            length, fin = room - 24, False
+            frames = None
+            if len(sending) == 1 and cc_room >= size:
+                # One stream, full packets: as many as may leave are taken at once.
+                count = min(
+                    MAX_DATAGRAMS_PER_FLUSH - len(out),
+                    budget - len(run),
+                    int(tokens // size),
+                    cc_room // size,
+                )
+                if count > 1:
+                    frames = send.full_frames(length, count, flow.credit)
+                    offset = send.sent_end - length * len(frames)
+                    flow.consume(length * len(frames))
+            if not frames:
+                frame = send.next_pieces(length, flow.credit)
+                if frame is None:
+                    break
+                offset, parts, length, fin, new_bytes = frame
+                flow.consume(new_bytes)
+                frames = [parts]
             pn = space.next_pn
-            header = starts[grease_bits(1) if grease else 1] + (pn & pn_mask).to_bytes(
-                pn_len, "big"
-            )
-            datagram = seal(header, parts, pn, len(stream_header) + length)
-            sent = SentPacket(
-                pn, APP_SPACE, now, len(datagram), True, True, False,
-                [(REC_STREAM, stream, offset, length, fin)], ect,
-            )  # fmt: skip
-            space.next_pn = pn + 1
-            tokens -= sent.sent_bytes
-            cc_room -= sent.sent_bytes
-            run.append(sent)
-            sealed.append(datagram)
-            out.append(datagram)
+            for parts in frames:
+                stream_header = encode_stream_header(sid, offset, length, fin)
+                parts.insert(0, stream_header)
+                header = starts[grease_bits(1) if grease else 1] + (pn & pn_mask).to_bytes(
+                    pn_len, "big"
+                )
+                datagram = seal(header, parts, pn, len(stream_header) + length)
+                sent_bytes = len(datagram)
+                run.append(
+                    SentPacket(
+                        pn, APP_SPACE, now, sent_bytes, True, True, False,
+                        [(REC_STREAM, stream, offset, length, fin)], ect,
+                    )
+                )  # fmt: skip
+                sealed.append(datagram)
+                out.append(datagram)
+                tokens -= sent_bytes
+                cc_room -= sent_bytes
+                offset += length
+                pn += 1
+            space.next_pn = pn
             if room - len(stream_header) - length >= 32:
                 break  # the general path fills the room, with another stream's data
             if len(sending) > 1:

@@ -352,6 +352,50 @@ class SendStream:
                 self.state = _S_SENT
         return start, self._pieces(start, limit), limit - start, fin, limit - start
 
+    def full_frames(self, size: int, count: int, connection_credit: int) -> list[list[memoryview]]:
+        """Up to ``count`` frames of exactly ``size`` new bytes each, in order from
+        ``sent_end``, as :meth:`next_pieces` would give them one by one: the bulk of a
+        sender's stream run, taken in one call; none when anything else comes first
+        (lost data, a reset); the frame that carries the FIN is never among them."""
+        if self.reset_code is not None or self._lost.starts:
+            return []
+        start = self.sent_end
+        limit = min(self.write_end, self.max_stream_data, start + connection_credit)
+        if self._fin_pending():
+            limit = min(limit, self.write_end - 1)
+        count = min(count, (limit - start) // size)
+        if count <= 0:
+            return []
+        end = start + count * size
+        if end > self._frozen_end:
+            self._freeze()
+        chunks = self._chunks
+        i = bisect_right(self._starts, start, self._head) - 1
+        view = memoryview(chunks[i])
+        a, held = start - self._starts[i], len(view)
+        frames = []
+        for _ in range(count):
+            b = a + size
+            if b <= held:  # nearly always: a frame inside one written chunk
+                frames.append([view[a:b]])
+                a = b
+                continue
+            pieces = [view[a:]] if a < held else []
+            need = b - held
+            while True:
+                i += 1
+                view = memoryview(chunks[i])
+                held = len(view)
+                if need <= held:
+                    pieces.append(view[:need])
+                    a = need
+                    break
+                pieces.append(view)
+                need -= held
+            frames.append(pieces)
+        self.sent_end = end
+        return frames
+
     def _pieces(self, start: int, end: int) -> list[memoryview | bytes]:
         """Bytes [start, end) as views of the chunks that hold them, in order."""
         if start == end:

@@ -837,3 +837,51 @@ def test_a_frame_across_chunks_comes_as_views_of_them() -> None:
     assert b"".join(pieces) == b"".join(writes)[:50_000]
     offset, data, fin, new = send.next_frame(50_000, 1 << 20)
     assert (offset, bytes(data), new) == (50_000, b"".join(writes)[50_000:], 30_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    writes=st.lists(st.integers(1, 5000), min_size=1, max_size=12),
+    fin=st.booleans(),
+    size=st.integers(1, 1500),
+    count=st.integers(0, 70),
+    credit=st.integers(-10, 40_000),
+    window=st.integers(0, 40_000),
+    sent_first=st.integers(0, 3000),
+)
+def test_full_frames_are_the_frames_next_pieces_gives_one_by_one(
+    writes: list[int], fin: bool, size: int, count: int, credit: int, window: int, sent_first: int
+) -> None:
+    """full_frames takes at once what next_pieces would take frame by frame, stopping
+    where one of them would be short, carry the FIN, or exceed a window."""
+    streams = [SendStream(max_stream_data=window) for _ in range(2)]
+    data = os.urandom(sum(writes))
+    for send in streams:
+        at = 0
+        for n in writes:  # chunks of every size: small ones collect in the tail
+            send.write(data[at : at + n])
+            at += n
+        if fin:
+            send.write(b"", fin=True)
+        send.next_pieces(sent_first, credit)  # some already sent
+    batch, single = streams
+    start = batch.sent_end
+    frames = batch.full_frames(size, count, credit - start)
+    expected = []
+    for _ in range(count):
+        frame = single.next_pieces(size, credit - single.sent_end)
+        if frame is None or frame[2] != size or frame[3]:
+            break
+        expected.append(b"".join(frame[1]))
+    assert [b"".join(parts) for parts in frames] == expected
+    assert batch.sent_end == start + size * len(frames)
+    assert data[start : batch.sent_end] == b"".join(expected)
+
+
+def test_full_frames_leave_lost_data_to_next_pieces() -> None:
+    send = SendStream(max_stream_data=100_000)
+    send.write(bytes(50_000))
+    send.next_pieces(10_000, 100_000)
+    send.on_lost(0, 1000, False)
+    assert send.full_frames(1000, 5, 100_000) == []
+    assert send.next_pieces(1000, 100_000)[:3:2] == (0, 1000)
