@@ -689,7 +689,7 @@ class Connection:
         streams, readable = self.streams, self.readable
         self._packet_addr = addr
         self._non_probing = False
-        decrypt, phase, largest = keys.decrypt_payload, self.recv_phase, space.largest_received
+        (decrypt, iv), phase, largest = keys.opener(), self.recv_phase, space.largest_received
         count = grown = size = 0  # the run's in-order packets, stream growth, bytes
         flow = self.flow_recv
         room = flow.limit - flow.used  # past it the packet that crossed ends the batch
@@ -709,8 +709,10 @@ class Connection:
                 if pn > largest:
                     header = bytes((first,)) + data[1:pn_offset] + truncated.to_bytes(pn_len, "big")
                     try:
-                        payload = decrypt(header, memoryview(data), pn_end, pn)
-                    except DecryptionError:
+                        payload = decrypt(
+                            (iv ^ pn).to_bytes(12, "big"), memoryview(data)[pn_end:], header
+                        )
+                    except Exception:  # cryptography's InvalidTag, or too short
                         pass  # the general path counts it, or finds a Stateless Reset
             bulk = None if payload is None else decode_bulk_stream(payload)
             if bulk is not None and not bulk[3]:
@@ -756,7 +758,7 @@ class Connection:
             keys = self.recv_keys[APP]
             if self.state != ESTABLISHED or keys is None or addr != self.peer_addr:
                 return i + 1
-            decrypt, phase, largest = keys.decrypt_payload, self.recv_phase, space.largest_received
+            (decrypt, iv), phase, largest = keys.opener(), self.recv_phase, space.largest_received
             room = flow.limit - flow.used
             last_sid = -1
         self._take_run(space, count, grown, size, now, ecn, len(datagrams))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from enum import IntEnum
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -316,6 +317,12 @@ class PacketKeys:
         )
         header = bytes((first,)) + packet[1:pn_offset] + truncated.to_bytes(pn_len, "big")
         return header, first, truncated, pn_len
+
+    def opener(self) -> tuple[Callable, int]:
+        """The AEAD's decrypt and the IV as an integer, for a receiver that opens a
+        batch without a call per packet: each nonce is the IV XOR the packet number,
+        in 12 bytes (RFC 9001 §5.3)."""
+        return self._aead.decrypt, self._iv_int
 
     def decrypt_payload(
         self, header: bytes, packet: bytes | memoryview, payload_offset: int, pn: int
