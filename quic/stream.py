@@ -697,8 +697,8 @@ class RecvStream:
         buf = self._buf
         if offset != buf.read_offset + buf.ready or buf._seg_starts:
             return None  # past a gap, or a gap held: Reassembly.insert's work
-        # Kept as it is, not copied: the caller passes a packet's data, a view of a
-        # payload that is little more than that, so the one copy is the read's.
+        # Kept as it is, not copied: the caller passes a packet's data, its own small
+        # copy or a view of a payload that is little more than that.
         buf._ready.append(data)
         buf.ready += size
         grown = end - self.highest
