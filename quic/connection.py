@@ -107,6 +107,9 @@ AEAD_TAG_SIZE = 16
 MAX_BUFFERED_PACKETS = 16
 # Datagrams produced per call, so one call cannot monopolise the caller's thread.
 MAX_DATAGRAMS_PER_FLUSH = 64
+# Full packets a stream sends in its turn when several share a stream run: fair within
+# a flush, while each turn's frames still come from one call (SendStream.full_frames).
+STREAM_TURN = 8
 # DATAGRAM frames queued each way (RFC 9221 §5: they may be dropped, never block).
 MAX_QUEUED_DATAGRAMS = 256
 # Consecutive PTOs that make full-sized packets suspect of a PMTU black hole: as many as
@@ -1606,8 +1609,9 @@ class Connection:
         skip the general path's passes over levels and frame kinds, about a third of a
         sender's per-packet work (bench/micro_core.py). Whatever this loop does not
         handle (a stream that ends or runs out of credit, a frame that leaves room for
-        another stream's) stops it, and the general path carries on. While one stream
-        sends full packets, the frames of all that may leave come from one call
+        another stream's) stops it, and the general path carries on. Full packets come
+        a batch at a time: all that may leave while one stream sends, STREAM_TURN a
+        stream's turn while several do, their frames from one call
         (:meth:`SendStream.full_frames`).
         """
         space = self.spaces[APP_SPACE]
@@ -1652,13 +1656,15 @@ class Connection:
                     break
             length, fin = room - 24, False
             frames = None
-            if len(sending) == 1 and cc_room >= size:
-                # One stream, full packets: as many as may leave are taken at once.
+            if cc_room >= size:
+                # Full packets: as many as may leave are taken at once, up to a turn's
+                # worth when streams share the run.
                 count = min(
                     MAX_DATAGRAMS_PER_FLUSH - len(out),
                     budget - len(run),
                     int(tokens // size),
                     cc_room // size,
+                    STREAM_TURN if len(sending) > 1 else MAX_DATAGRAMS_PER_FLUSH,
                 )
                 if count > 1:
                     frames = send.full_frames(length, count, flow.credit)
@@ -1696,8 +1702,8 @@ class Connection:
             if room - len(stream_header) - length >= 32:
                 break  # the general path fills the room, with another stream's data
             if len(sending) > 1:
-                # Round-robin, as _fill_streams goes. A stream left without data stops
-                # the run when its turn comes again, and the general path retires it.
+                # Round-robin, a turn at a time. A stream left without data stops the
+                # run when its turn comes again, and the general path retires it.
                 del sending[sid]
                 sending[sid] = None
                 sid = None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from quic import uapi
-from quic.connection import REC_STREAM, Connection, ConnectionConfig, State
+from quic.connection import REC_STREAM, STREAM_TURN, Connection, ConnectionConfig, State
 from quic.crypto import DeferredPacketKeys
 from quic.errors import QuicError, TransportError
 from quic.stream import StreamLimitError
@@ -282,7 +282,8 @@ def test_flow_control_limits_what_is_in_flight() -> None:
 
 def test_a_bulk_flush_shares_packets_between_streams_within_the_window() -> None:
     """The packets after a flush's first carry one STREAM frame each, taken from the
-    streams in turn, and stop where the congestion window does."""
+    streams in turns of at most STREAM_TURN packets, and stop where the congestion
+    window does."""
     pair = Pair()
     pair.handshake()
     server = pair.server
@@ -300,7 +301,10 @@ def test_a_bulk_flush_shares_packets_between_streams_within_the_window() -> None
         assert all(rec[0] == REC_STREAM for rec in packet.frames)
         assert packet.sent_bytes == len(sent[len(owners)])
         owners.append(packet.frames[0][1].stream_id)
-    assert all(a != b for a, b in itertools.pairwise(owners))  # in turn
+    turns = [(sid, len(list(run))) for sid, run in itertools.groupby(owners)]
+    assert len(turns) > 2 and set(owners) == set(sids)
+    assert all(length <= STREAM_TURN for _, length in turns)
+    assert max(length for _, length in turns) > 1  # a turn is taken in one batch
     sinks = {sid: bytearray() for sid in sids}
     for datagram in sent:
         pair.client.receive_datagram(datagram, SERVER_ADDR, pair.now)
