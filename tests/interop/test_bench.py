@@ -40,6 +40,7 @@ def test_suite_quick_mode_reports_every_section(tmp_path) -> None:
     assert "kquic/aioquic" in result.stdout
     document = json.loads(out.read_text())
     assert {"nproc", "kernel", "python", "packages"} <= set(document["machine"])
+    assert document["config"]["large_size"] == document["config"]["size"]  # both 2M quick
     results = document["results"]
     assert set(results) == {"throughput", "plpmtud", "streams", "handshake"}
     for section, by_impl in results.items():
