@@ -369,30 +369,20 @@ class SendStream:
         end = start + count * size
         if end > self._frozen_end:
             self._freeze()
-        chunks = self._chunks
-        i = bisect_right(self._starts, start, self._head) - 1
-        view = memoryview(chunks[i])
-        a, held = start - self._starts[i], len(view)
+        starts, chunks = self._starts, self._chunks
+        i = bisect_right(starts, start, self._head) - 1
+        base, view = starts[i], memoryview(chunks[i])
+        held = len(view)
         frames = []
-        for _ in range(count):
-            b = a + size
-            if b <= held:  # nearly always: a frame inside one written chunk
-                frames.append([view[a:b]])
-                a = b
+        for at in range(start, end, size):
+            a = at - base
+            if a + size <= held:  # nearly always: a frame inside one written chunk
+                frames.append([view[a : a + size]])
                 continue
-            pieces = [view[a:]] if a < held else []
-            need = b - held
-            while True:
-                i += 1
-                view = memoryview(chunks[i])
-                held = len(view)
-                if need <= held:
-                    pieces.append(view[:need])
-                    a = need
-                    break
-                pieces.append(view)
-                need -= held
-            frames.append(pieces)
+            frames.append(self._pieces(at, at + size))
+            i = bisect_right(starts, at + size, i) - 1
+            base, view = starts[i], memoryview(chunks[i])
+            held = len(view)
         self.sent_end = end
         return frames
 
