@@ -541,6 +541,18 @@ class Reassembly:
         if seg_starts and seg_starts[0] <= self.read_offset + self.ready:
             self._drain()
 
+    def extend(self, offset: int, data: bytes | memoryview) -> bool:
+        """:meth:`insert` for data that continues the ready bytes with nothing held past
+        a gap, the in-order case; False, and nothing taken, for any other.
+
+        ``data`` is kept as it is, not copied: the caller passes a packet's data, its
+        own small copy or a view of a payload that is little more than that."""
+        if offset != self.read_offset + self.ready or self._seg_starts:
+            return False
+        self._ready.append(data)
+        self.ready += len(data)
+        return True
+
     def _insert_segments(self, offset: int, data: bytes | bytearray | memoryview, lo: int) -> None:
         """Store the parts of the frame from ``lo`` on that are not held yet."""
         view = memoryview(data)
@@ -680,17 +692,11 @@ class RecvStream:
         """:meth:`on_frame` for a frame without FIN that continues the stream in order,
         within the window, before its final size is known: how far the highest offset
         grew. None, and nothing taken, for any other frame."""
-        size = len(data)
-        end = offset + size
+        end = offset + len(data)
         if self.state != _R_RECV or end > self.max_stream_data:
             return None
-        buf = self._buf
-        if offset != buf.read_offset + buf.ready or buf._seg_starts:
-            return None  # past a gap, or a gap held: Reassembly.insert's work
-        # Kept as it is, not copied: the caller passes a packet's data, its own small
-        # copy or a view of a payload that is little more than that.
-        buf._ready.append(data)
-        buf.ready += size
+        if not self._buf.extend(offset, data):
+            return None
         grown = end - self.highest
         if grown <= 0:
             return 0
