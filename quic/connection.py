@@ -744,17 +744,8 @@ class Connection:
             else:
                 self.bytes_received += len(data)
                 try:
-                    self._on_packet(
-                        PacketType.ONE_RTT,
-                        space,
-                        header,
-                        pn,
-                        payload,
-                        len(data),
-                        (bytes(data[1:pn_offset]), b""),
-                        addr,
-                        now,
-                        ecn,
+                    self._on_short_packet(
+                        data, pn_offset, space, header, pn, payload, addr, now, ecn
                     )
                 except QuicError as exc:
                     self._close_on_error(exc, now)
@@ -869,7 +860,25 @@ class Connection:
             and self._receive_predicted(payload, pn, space, addr, now, ecn)
         ):
             return True
-        cids = (bytes(packet[1:pn_offset]), b"")
+        return self._on_short_packet(
+            data, pn_offset, space, plain_header, pn, payload, addr, now, ecn
+        )
+
+    def _on_short_packet(
+        self,
+        data: bytes,
+        pn_offset: int,
+        space: PnSpace,
+        plain_header: bytes,
+        pn: int,
+        payload: bytes,
+        addr: tuple,
+        now: float,
+        ecn: int,
+    ) -> bool:
+        """An opened 1-RTT packet that prediction did not take, to the general path. Its
+        Destination CID is what lies before its packet number; it has no Source CID."""
+        cids = (bytes(data[1:pn_offset]), b"")
         return self._on_packet(
             PacketType.ONE_RTT, space, plain_header, pn, payload, len(data), cids, addr, now, ecn
         )
