@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,7 +357,8 @@ def plot(results: dict, impls: list[str], path: str, header: str) -> None:
         ax.bar(xs, [figures.get(impl, 0) for _, figures in groups], width, label=impl)
     ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     ax.set_ylabel("MB/s")
-    ax.set_title(f"Loopback throughput\n{header}", fontsize=9)
+    # The header names sizes, runs and machine; wrapped so a wide one is not cut off.
+    ax.set_title(f"Loopback throughput\n{textwrap.fill(header, 110)}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
