@@ -364,6 +364,25 @@ def plot(results: dict, impls: list[str], path: str, header: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def output_problem(target: str | None) -> str | None:
+    """Why the run's output could not be written to ``target``, found before minutes of
+    measuring would be lost; its folder is made if missing (bench/results is not in git)."""
+    if not target:
+        return None
+    folder = Path(target).parent
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is not a directory"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot make {folder}: {exc.strerror}"
+    if Path(target).is_dir():
+        return f"{target} is a directory"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2M, 1 run, 10 handshakes")
@@ -395,6 +414,10 @@ def main() -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("--png needs matplotlib: pip install '.[bench]'")
+    for name in ("json", "png"):
+        problem = output_problem(getattr(args, name))
+        if problem:
+            parser.error(f"--{name}: {problem}")
 
     info = machine()
     results = Suite(args).run()

@@ -26,7 +26,7 @@ def positive_numbers(tree) -> list[float]:
 
 def test_suite_quick_mode_reports_every_section(tmp_path) -> None:
     impls = ["kquic", "aioquic"] + (["qh3"] if importlib.util.find_spec("qh3") else [])
-    out = tmp_path / "bench.json"
+    out = tmp_path / "results" / "bench.json"  # a folder not there yet, as in the README
     argv = ["bench/suite.py", "--quick", "--impl", ",".join(impls), "--json", str(out)]
     result = subprocess.run(
         [sys.executable, *argv],
@@ -57,6 +57,29 @@ def test_suite_quick_mode_reports_every_section(tmp_path) -> None:
         handshakes = results["handshake"][impl]
         assert {"p50_ms", "p90_ms", "per_second"} <= set(handshakes)
         assert sum(run["handshakes"] for run in handshakes["runs"]) == 10
+
+
+def test_unusable_output_is_refused_before_any_run(tmp_path) -> None:
+    """An output the suite could not write ends it at once, with one line naming the
+    problem, before minutes of measuring are lost (suite.py exits before its runs: no
+    server starts, so this takes a fraction of a second)."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    for option, target, problem in (
+        ("--json", not_a_folder / "x.json", "is not a directory"),
+        ("--png", tmp_path, "is a directory"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "bench/suite.py", "--quick", option, str(target)],
+            capture_output=True,
+            text=True,
+            env=env(),
+            cwd=ROOT,
+            timeout=SMOKE_TIMEOUT,
+        )
+        assert result.returncode == 2, result.stderr
+        assert problem in result.stderr and "Traceback" not in result.stderr
+        assert result.stdout == ""
 
 
 def test_runs_alternate_between_implementations(monkeypatch) -> None:
