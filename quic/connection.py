@@ -89,6 +89,7 @@ from .stream import (
     SendStream,
     StreamLimitError,
     StreamManager,
+    StreamStateError,
 )
 from .stream import Stream as QuicStream  # .frame's Stream is the STREAM frame
 from .transport_params import (
@@ -2436,6 +2437,20 @@ class Connection:
             return 0, 1
         limit = self.send_buffer(send)
         return send.room(limit), max(1, limit // 4)
+
+    def check_writable(self, sid: int) -> None:
+        """Raise unless stream ``sid`` takes more data, so that a writer fails at once
+        instead of waiting for room that never comes (lxin/quic §1.7): StreamClosedError
+        when it is gone, StreamStateError when it has no send side (the peer's uni
+        stream) or is finished or reset (by us, or after the peer's STOP_SENDING)."""
+        stream = self.streams.get(sid)
+        if stream is None:
+            raise StreamClosedError(sid)
+        send = stream.send
+        if send is None:
+            raise StreamStateError("stream has no send side")
+        if send.fin_written or send.reset_code is not None:
+            raise StreamStateError("stream already finished or reset")
 
     def unacked_stream_data(self) -> bool:
         """Whether any stream still has data or a FIN the peer has not acknowledged."""

@@ -48,7 +48,7 @@ from .errors import QuicError, TransportError
 from .packet import encode_retry, parse_header
 from .path import MAX_UDP_PAYLOAD_IPV6
 from .qlog import QlogWriter
-from .stream import StreamLimitError, StreamStateError
+from .stream import StreamGoneError, StreamLimitError, StreamStateError
 from .token import TokenError, TokenType, ValidatedToken
 from .transport_params import (
     TransportParameters,
@@ -114,6 +114,7 @@ class QuicSocket:
         self.tunnel: Tunnel | None = None
         self.conn: Connection | None = None
         self.active_stream = -1
+        self._peer_bidi_seen = -1  # the newest bidi stream of the peer's that was read
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
         self._extra_routes: list[bytes] = []
@@ -829,7 +830,7 @@ class QuicSocket:
         with self._lock:
             conn = self._wait_established(flags, early=True)
             sid = self._choose_stream(conn, info.stream_id, sflags, flags)
-            self._ensure_open(conn, sid, sflags)
+            self._ensure_open(conn, sid, sflags, flags)
             view = memoryview(data)
             sent = 0
             deadline = self._deadline()
@@ -837,7 +838,14 @@ class QuicSocket:
             def has_room() -> bool:
                 # A bare FIN needs no buffer space; data waits for the low watermark
                 # (or for room for all it has left), so one wake-up moves a lot.
-                room, low_watermark = self._check_alive().stream_send_space(sid)
+                live = self._check_alive()
+                try:
+                    live.check_writable(sid)
+                except StreamClosedError:
+                    raise _err(errno.ENOSTR, "stream is closed") from None
+                except StreamStateError as exc:
+                    raise _err(errno.EINVAL, str(exc)) from None
+                room, low_watermark = live.stream_send_space(sid)
                 return room >= min(len(view) - sent, low_watermark)
 
             while True:
@@ -850,8 +858,8 @@ class QuicSocket:
                     try:
                         self._wait(has_room, deadline, flags, pure=True)
                     except OSError as exc:
-                        if exc.errno == errno.EAGAIN and sent:
-                            break
+                        if sent:
+                            break  # as TCP: what was taken is reported; the next call fails
                         if exc.errno == errno.EAGAIN and has_cmsg and conn.stream_blocked(sid):
                             raise _err(errno.ENOSPC) from None
                         raise
@@ -876,21 +884,40 @@ class QuicSocket:
                     break
             return sent
 
-    def _ensure_open(self, conn: Connection, sid: int, sflags: int) -> None:
+    def _ensure_open(self, conn: Connection, sid: int, sflags: int, flags: int) -> None:
         """lxin/quic §1.7: a stream not yet open needs MSG_QUIC_STREAM_NEW (else EINVAL); a
-        stream already gone is ENOSTR."""
+        stream already gone is ENOSTR; the peer's uni stream, open or gone, is EINVAL."""
+        if sid & uapi.QUIC_STREAM_TYPE_UNI_MASK and self._peer_initiated(conn, sid):
+            raise _err(errno.EINVAL, "the peer's uni stream takes no data from us")
         if conn.streams.get(sid) is not None:
             return
         if conn.streams.was_closed(sid):
             raise _err(errno.ENOSTR, "stream is closed")
         if not sflags & uapi.MSG_QUIC_STREAM_NEW:
             raise _err(errno.EINVAL, "stream not open: MSG_QUIC_STREAM_NEW needed")
+        self._open_specific(conn, sid, sflags | flags)
+
+    def _open_specific(self, conn: Connection, sid: int, flags: int) -> None:
+        """Open ``sid`` and the lower streams of its type. Beyond the peer's stream limit
+        a blocking socket waits for MAX_STREAMS, reporting STREAMS_BLOCKED once; with
+        DONTWAIT it is EAGAIN (lxin/quic §1.7). A gone stream is ENOSTR, the peer's
+        own unopened stream EINVAL."""
+
+        def opened() -> bool:
+            self._check_alive()
+            try:
+                conn.streams.open_specific(sid)
+            except StreamLimitError:
+                if conn.report_streams_blocked(bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK)):
+                    self.flush()
+                return False
+            return True
+
+        dontwait = flags & (uapi.MSG_QUIC_STREAM_DONTWAIT | uapi.MSG_DONTWAIT)
         try:
-            conn.streams.open_specific(sid)
-        except StreamLimitError:
-            if conn.report_streams_blocked(bool(sid & uapi.QUIC_STREAM_TYPE_UNI_MASK)):
-                self.flush()
-            raise _err(errno.EAGAIN, "peer's stream limit reached") from None
+            self._wait(opened, self._deadline(), uapi.MSG_DONTWAIT if dontwait else 0)
+        except StreamGoneError:
+            raise _err(errno.ENOSTR, "stream is closed") from None
         except StreamStateError as exc:
             raise _err(errno.EINVAL, str(exc)) from None
         self.active_stream = sid
@@ -961,8 +988,14 @@ class QuicSocket:
                 chunk = conn.read_stream(bufsize)
                 if chunk is not None:
                     sid, data, fin = chunk
-                    if sid & uapi.QUIC_STREAM_TYPE_UNI_MASK == 0 and self.active_stream < 0:
-                        self.active_stream = sid
+                    if (
+                        sid > self._peer_bidi_seen
+                        and not sid & uapi.QUIC_STREAM_TYPE_UNI_MASK
+                        and self._peer_initiated(conn, sid)
+                    ):
+                        # lxin/quic §1.7: a bidi stream the peer opens becomes the one
+                        # that -1 names, as the most recently opened stream.
+                        self._peer_bidi_seen = self.active_stream = sid
                     sflags = uapi.MSG_QUIC_STREAM_FIN if fin else 0
                     record = uapi.QuicStreamInfo(sid, sflags).pack()
                     if conn.credit_due:
@@ -971,6 +1004,10 @@ class QuicSocket:
                 raise self._closed_error() if conn.state >= CLOSING else _err(errno.EAGAIN)
             finally:
                 self._update_ready()
+
+    @staticmethod
+    def _peer_initiated(conn: Connection, sid: int) -> bool:
+        return bool(sid & uapi.QUIC_STREAM_TYPE_SERVER_MASK) == conn.is_client
 
     @staticmethod
     def _event_due(conn: Connection) -> bool:
@@ -1101,8 +1138,9 @@ class QuicSocket:
         info = uapi.QuicStreamInfo.unpack(request) if request else uapi.QuicStreamInfo()
         conn = self._check_alive()
         if info.stream_id >= 0:
-            conn.streams.open_specific(info.stream_id)
             sid = info.stream_id
+            if conn.streams.get(sid) is None:
+                self._open_specific(conn, sid, info.stream_flags)
         else:
             uni = bool(info.stream_flags & uapi.MSG_QUIC_STREAM_UNI)
             sid = self._open_stream(conn, uni, info.stream_flags)

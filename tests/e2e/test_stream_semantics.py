@@ -1,0 +1,124 @@
+"""Stream rules of the socket API as lxin/quic states them (reference §1.3, §1.7): which
+sends fail and with what errno, how an open at the peer's stream limit waits, which
+stream -1 names."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import pytest
+
+from quic import uapi
+from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
+from tests.e2e.test_socket import accept, connect, listener
+
+NEW, FIN = uapi.MSG_QUIC_STREAM_NEW, uapi.MSG_QUIC_STREAM_FIN
+
+
+@pytest.fixture
+def connected(pki, server_thread):
+    """An established (client, server child) pair; the server allows ``bidi`` streams."""
+    made = []
+
+    def make(bidi: int = 100) -> tuple[QuicSocket, QuicSocket]:
+        srv = listener()
+        limits = uapi.QuicTransportParam(max_streams_bidi=bidi).pack()
+        srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, limits)
+        server = server_thread(lambda: accept(srv, pki))
+        cli = connect(srv.getsockname()[1], pki)
+        child = server.join()
+        made.extend((cli, child, srv))
+        return cli, child
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+def send_error(sock: QuicSocket, sid: int, flags: int = 0) -> int:
+    with pytest.raises(OSError) as info:
+        quic_sendmsg(sock, b"more", sid, flags)
+    return info.value.errno
+
+
+def read_until(sock: QuicSocket, want: set[int]) -> dict[int, bytes]:
+    """Read until every stream of ``want`` has sent something; at most 50 reads."""
+    got: dict[int, bytes] = {}
+    for _ in range(50):
+        data, sid, _ = quic_recvmsg(sock, 4096)
+        got[sid] = got.get(sid, b"") + data
+        if want <= set(got):
+            return got
+    raise AssertionError(f"streams {want - set(got)} never arrived")
+
+
+def test_sends_a_stream_cannot_take_fail_at_once(connected) -> None:
+    """A blocking writer that would wait forever gets EINVAL instead: after its own FIN or
+    reset, on the peer's uni stream, and once the peer's STOP_SENDING has reset it."""
+    cli, child = connected()
+    quic_sendmsg(cli, b"done", 0, NEW | FIN)
+    assert send_error(cli, 0) == errno.EINVAL
+
+    quic_sendmsg(cli, b"data", 4, NEW)
+    reset = uapi.QuicErrinfo(4, 9).pack()
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, reset)
+    assert send_error(cli, 4) == errno.EINVAL
+
+    quic_sendmsg(child, b"uni", 3, NEW | FIN)  # the server's first uni stream
+    read_until(cli, {3})
+    assert send_error(cli, 3) == errno.EINVAL
+
+    quic_sendmsg(cli, b"first", 8, NEW)
+    read_until(child, {8})
+    stop = uapi.QuicErrinfo(8, 7).pack()
+    child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING, stop)
+    for _ in range(100):  # sends succeed until the STOP_SENDING arrives
+        try:
+            quic_sendmsg(cli, b"x", 8, 0)
+        except OSError as exc:
+            assert exc.errno == errno.EINVAL
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the peer's STOP_SENDING never stopped the writer")
+
+
+def test_an_open_at_the_peer_limit_waits_for_max_streams(connected) -> None:
+    """STREAM_OPEN of a named stream beyond the peer's limit: EAGAIN with DONTWAIT, a
+    wait otherwise, which MAX_STREAMS ends once the peer has finished a stream."""
+    cli, child = connected(bidi=1)
+    open_record = uapi.QuicStreamInfo(4, uapi.MSG_QUIC_STREAM_DONTWAIT).pack()
+    with pytest.raises(OSError) as info:
+        cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, open_record)
+    assert info.value.errno == errno.EAGAIN
+    assert send_error(cli, 4, NEW | uapi.MSG_QUIC_STREAM_DONTWAIT) == errno.EAGAIN
+    cli.settimeout(0.2)
+    with pytest.raises(TimeoutError):  # blocking: it waits, for as long as allowed
+        cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(4).pack())
+
+    quic_sendmsg(cli, b"one", 0, NEW | FIN)
+    assert read_until(child, {0}) == {0: b"one"}
+    quic_sendmsg(child, b"", 0, FIN)
+    quic_recvmsg(cli, 4096)  # the FIN: stream 0 is over both ways
+    cli.settimeout(3.0)
+    info_out = cli.getsockopt(
+        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(4).pack()
+    )
+    assert uapi.QuicStreamInfo.unpack(info_out).stream_id == 4
+
+
+def test_stream_open_of_a_stream_only_the_peer_opens_is_einval(connected) -> None:
+    cli, _ = connected()
+    with pytest.raises(OSError) as info:
+        cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(1).pack())
+    assert info.value.errno == errno.EINVAL
+
+
+def test_minus_one_names_the_bidi_stream_the_peer_opened_last(connected) -> None:
+    cli, child = connected()
+    quic_sendmsg(cli, b"a", 0, NEW)
+    quic_sendmsg(cli, b"b", 4, NEW)
+    assert read_until(child, {0, 4}) == {0: b"a", 4: b"b"}
+    quic_sendmsg(child, b"reply", -1, FIN)
+    assert read_until(cli, {4}) == {4: b"reply"}
