@@ -326,6 +326,7 @@ class Connection:
         self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
         self.large_losses = 0  # see BLACK_HOLE_LOSSES
         self.last_ping = 0.0  # when an ACK-only packet last carried a PING
+        self.ack_only_sent = 0  # 1-RTT ACK-only packets since our last ack-eliciting one
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
         self.flow_recv = FlowController(self.local_params.initial_max_data)
@@ -1732,6 +1733,7 @@ class Connection:
         size = self.recovery.on_packets_sent(run)
         self.pacer.on_sent(size, now)
         self.last_activity = now
+        self.ack_only_sent = 0
         self.bytes_sent += size
         if self.trace is not None:
             for sent in run:
@@ -1871,6 +1873,9 @@ class Connection:
         if sent.ack_eliciting:
             self.pacer.on_sent(sent.sent_bytes, now)
             self.last_activity = now
+            self.ack_only_sent = 0
+        elif level == APP:
+            self.ack_only_sent += 1
         if self.trace is not None:
             self.trace("transport:packet_sent", _sent_event(LEVEL_PACKET[level], sent))
 
@@ -2005,8 +2010,10 @@ class Connection:
         """RFC 9000 §13.2.4: a receiver that only acknowledges never has its ACKs
         acknowledged, and has nothing for loss detection to resend if the path breaks
         (a peer validating a NAT-rebound address of ours gets no credit to send with,
-        §9.3); so about once a round trip an ACK also carries a PING."""
-        if now - self.last_ping < self.recovery.rtt.smoothed_rtt:
+        §9.3); so about once a round trip an ACK also carries a PING. Only after an
+        ACK-only packet of ours: an ACK that answers the peer's own PING with another
+        PING would have two idle peers PING each other for ever."""
+        if not self.ack_only_sent or now - self.last_ping < self.recovery.rtt.smoothed_rtt:
             return 0
         self.last_ping = now
         parts.append(b"\x01")

@@ -343,6 +343,31 @@ def test_idle_timeout_closes() -> None:
     assert pair.server.close_info.error_code == TransportError.NO_ERROR
 
 
+def count_sent(conn: Connection) -> list[float]:
+    """From now on, the time of each datagram ``conn`` sends."""
+    times: list[float] = []
+    send = conn.datagrams_to_send
+
+    def counted(now: float) -> list[bytes]:
+        out = send(now)
+        times.extend([now] * len(out))
+        return out
+
+    conn.datagrams_to_send = counted
+    return times
+
+
+def test_an_idle_connection_falls_silent() -> None:
+    """Once the handshake's last ACKs are out, two idle ends send nothing: an ACK that
+    carries a PING (RFC 9000 §13.2.4) is not answered with another."""
+    pair = Pair()
+    pair.handshake()
+    start = pair.now
+    sent = [count_sent(pair.client), count_sent(pair.server)]
+    pair.run_until(lambda: pair.now - start > 5)
+    assert [t for times in sent for t in times if t > start + 0.2] == []
+
+
 def test_many_streams_with_heavy_loss() -> None:
     pair = Pair(loss=0.15, seed=11)
     pair.handshake()
