@@ -186,6 +186,10 @@ class ConnectionConfig:
     # before the transport parameters cut it).
     plpmtud_probe_interval: float = 0.0
     max_plpmtu: int = MAX_UDP_PAYLOAD_IPV6
+    # Seconds without an ack-eliciting packet either way, once the handshake is done,
+    # after which a PING goes out (lxin/quic's keepalive_probe_interval): it keeps a NAT
+    # binding and the peer's idle timer alive (RFC 9000 §10.1.2). 0 is off.
+    keepalive_interval: float = 0.0
     # Use ECN (RFC 9000 §13.4): the I/O layer can send each datagram with the codepoint
     # ``Connection.ecn_codepoint`` asks for. Received codepoints are counted either way.
     ecn: bool = False
@@ -2232,6 +2236,9 @@ class Connection:
         if self.state >= CLOSING:
             return self.close_deadline
         deadlines = [self.idle_deadline()]
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None:
+            deadlines.append(keepalive)
         if self.pacing_deadline is not None:
             deadlines.append(self.pacing_deadline)
         if self.path_check is not None:
@@ -2267,6 +2274,9 @@ class Connection:
             self.state = CLOSED
             self._notify_close()
             return
+        keepalive = self._keepalive_deadline()
+        if keepalive is not None and now >= keepalive:
+            self.pending_ping = max(self.pending_ping, 1)
         loss = self.recovery.loss_detection_deadline()
         if loss is not None and now >= loss:
             action = self.recovery.on_loss_detection_timeout(now)
@@ -2281,6 +2291,14 @@ class Connection:
                     self._check_black_hole()
         if self.plpmtud is not None:
             self.plpmtud.on_timer(now)
+
+    def _keepalive_deadline(self) -> float | None:
+        """When a keepalive PING is due; None when keepalive is off, the handshake not
+        done, or a PING is already waiting to leave."""
+        interval = self.config.keepalive_interval
+        if not interval or not self.handshake_complete or self.pending_ping:
+            return None
+        return self.last_activity + interval
 
     def _check_black_hole(self) -> None:
         """RFC 8899 §4.3: after BLACK_HOLE_PTO_COUNT PTOs in a row, fall back to

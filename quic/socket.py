@@ -71,6 +71,8 @@ LINGER = 10.0
 HANDSHAKE_CORK = 0.010
 # lxin/quic's smallest plpmtud_probe_interval (µs): probes are not meant to be frequent.
 QUIC_MIN_PROBE_TIMEOUT = 5_000_000
+# lxin/quic's smallest keepalive_probe_interval (µs).
+MIN_KEEPALIVE_INTERVAL = 1_500_000
 
 AncData = list[tuple[int, int, bytes]]
 
@@ -351,6 +353,7 @@ class QuicSocket:
             event_mask=self.event_mask,
             compatible_versions=self.compatible_versions,
             plpmtud_probe_interval=interval,
+            keepalive_interval=cfg.keepalive_probe_interval / 1e6,
             # One look at the route when PLPMTUD will use it, none otherwise.
             max_plpmtu=route_max_udp_payload(peer) if interval else MAX_UDP_PAYLOAD_IPV6,
             ecn=self.tunnel.ecn_codepoint == ECT_0,
@@ -1118,7 +1121,7 @@ class QuicSocket:
 
     def _set_event(self, value: bytes) -> None:
         opt = uapi.QuicEventOption.unpack(value)
-        if not uapi.QUIC_EVENT_NONE < opt.type <= uapi.QUIC_EVENT_MAX:
+        if not uapi.QUIC_EVENT_NONE < opt.type < uapi.QUIC_EVENT_MAX:
             raise ValueError("unknown event type")
         if opt.on:
             self.event_mask |= 1 << opt.type
@@ -1129,7 +1132,7 @@ class QuicSocket:
 
     def _get_event(self, request: bytes) -> bytes:
         opt = uapi.QuicEventOption.unpack(request)
-        if not uapi.QUIC_EVENT_NONE < opt.type <= uapi.QUIC_EVENT_MAX:
+        if not uapi.QUIC_EVENT_NONE < opt.type < uapi.QUIC_EVENT_MAX:
             raise ValueError("unknown event type")
         opt.on = int(bool(self.event_mask & (1 << opt.type)))
         return opt.pack()
@@ -1213,6 +1216,8 @@ class QuicSocket:
             raise ValueError("initial_smoothed_rtt out of range")
         if rec.plpmtud_probe_interval and rec.plpmtud_probe_interval < QUIC_MIN_PROBE_TIMEOUT:
             raise ValueError("plpmtud_probe_interval below the minimum")
+        if rec.keepalive_probe_interval and rec.keepalive_probe_interval < MIN_KEEPALIVE_INTERVAL:
+            raise ValueError("keepalive_probe_interval below 1500000 µs")
         merged = uapi.QuicConfig(
             *[
                 new or old
@@ -1221,8 +1226,8 @@ class QuicSocket:
                 )
             ]
         )
-        # congestion_control_algo 0 (Reno) is a real choice, not "unchanged".
-        merged.congestion_control_algo = rec.congestion_control_algo
+        # Every field merges, congestion_control_algo too, as in the kernel: a later
+        # partial set (tlshd's receive_session_ticket, say) keeps an earlier CUBIC.
         self.config = merged
 
     def _get_config(self, request: bytes) -> bytes:

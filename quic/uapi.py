@@ -119,8 +119,7 @@ QUIC_EVENT_CONNECTION_MIGRATION = 6
 QUIC_EVENT_KEY_UPDATE = 7
 QUIC_EVENT_NEW_TOKEN = 8
 QUIC_EVENT_NEW_SESSION_TICKET = 9
-QUIC_EVENT_END = 10
-QUIC_EVENT_MAX = QUIC_EVENT_END - 1
+QUIC_EVENT_MAX = 10  # one past the last type, as lxin/quic's enum ends
 
 # stream states reported in quic_stream_update.state
 QUIC_STREAM_SEND_STATE_READY = 0

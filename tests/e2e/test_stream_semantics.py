@@ -1,10 +1,11 @@
 """Stream rules of the socket API as lxin/quic states them (reference §1.3, §1.7): which
 sends fail and with what errno, how an open at the peer's stream limit waits, which
-stream -1 names."""
+stream -1 names; and the CONFIG and EVENT option rules checked without a connection."""
 
 from __future__ import annotations
 
 import errno
+import socket
 import time
 
 import pytest
@@ -122,3 +123,38 @@ def test_minus_one_names_the_bidi_stream_the_peer_opened_last(connected) -> None
     assert read_until(child, {0, 4}) == {0: b"a", 4: b"b"}
     quic_sendmsg(child, b"reply", -1, FIN)
     assert read_until(cli, {4}) == {4: b"reply"}
+
+
+def test_config_fields_merge_and_keepalive_has_a_floor() -> None:
+    sock = QuicSocket(socket.AF_INET)
+    try:
+        cubic = uapi.QuicConfig(congestion_control_algo=uapi.QUIC_CONG_ALG_CUBIC)
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, cubic.pack())
+        ticket = uapi.QuicConfig(receive_session_ticket=1)
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, ticket.pack())
+        got = uapi.QuicConfig.unpack(sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG))
+        assert (got.congestion_control_algo, got.receive_session_ticket) == (
+            uapi.QUIC_CONG_ALG_CUBIC,
+            1,
+        )
+        too_often = uapi.QuicConfig(keepalive_probe_interval=1_000_000)
+        with pytest.raises(OSError) as info:
+            sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONFIG, too_often.pack())
+        assert info.value.errno == errno.EINVAL
+    finally:
+        sock.close()
+
+
+def test_event_types_run_from_one_below_quic_event_max() -> None:
+    sock = QuicSocket(socket.AF_INET)
+    try:
+        last = uapi.QuicEventOption(uapi.QUIC_EVENT_NEW_SESSION_TICKET, 1).pack()
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, last)
+        for bad in (uapi.QUIC_EVENT_NONE, uapi.QUIC_EVENT_MAX):
+            with pytest.raises(OSError) as info:
+                sock.setsockopt(
+                    uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, uapi.QuicEventOption(bad, 1).pack()
+                )
+            assert info.value.errno == errno.EINVAL
+    finally:
+        sock.close()

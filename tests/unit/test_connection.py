@@ -368,6 +368,22 @@ def test_an_idle_connection_falls_silent() -> None:
     assert [t for times in sent for t in times if t > start + 0.2] == []
 
 
+def test_keepalive_pings_keep_an_idle_connection_open() -> None:
+    """With keepalive_interval below the idle timeout, a connection nobody uses stays
+    open: the client PINGs each interval, and each ACK renews both idle timers."""
+    pair = Pair(max_idle_timeout=2000)
+    pair.handshake()
+    pair.client.config.keepalive_interval = 0.5
+    sent = count_sent(pair.client)
+    start = pair.now
+    pair.run_until(lambda: pair.now - start > 10)
+    assert pair.client.state == State.ESTABLISHED
+    assert pair.server.state == State.ESTABLISHED
+    # A PING each half second, and now and then an ACK of the server's ACK that
+    # carried a PING of its own.
+    assert 18 <= len(sent) <= 40
+
+
 def test_many_streams_with_heavy_loss() -> None:
     pair = Pair(loss=0.15, seed=11)
     pair.handshake()
