@@ -1184,7 +1184,11 @@ class QuicSocket:
         if self.conn is not None and self.conn.state != ESTABLISHING:
             raise ValueError("transport parameters are fixed once established")
         if rec.remote:
+            # The server's parameters saved from an earlier connection, for 0-RTT: set
+            # before connect() they wait for it; after, they apply at once.
             self.remote_params = rec
+            if self.conn is not None and self.conn.is_client:
+                self.conn.remember_peer_params(params_from_uapi(rec, TransportParameters()))
             return
         if rec.disable_compatible_version:
             self.compatible_versions = False

@@ -583,9 +583,12 @@ def test_retry_and_new_token_validate_addresses(pki, server_thread) -> None:
 
 
 @pytest.mark.parametrize("accept_early", [True, False], ids=["0rtt-accepted", "0rtt-rejected"])
-def test_resumption_and_zero_rtt(pki, server_thread, accept_early) -> None:
+@pytest.mark.parametrize("params_after_connect", [False, True], ids=["tp-first", "connect-first"])
+def test_resumption_and_zero_rtt(pki, server_thread, accept_early, params_after_connect) -> None:
     """A client keeps the ticket and the server's parameters, sends its request before
-    the resumed handshake (0-RTT); accepted or declined, the request arrives once."""
+    the resumed handshake (0-RTT); accepted or declined, the request arrives once. The
+    saved parameters may be set before connect() or after it, as lxin/quic's own
+    ticket test does (reference §2.2 step 6)."""
     srv = listener()
     results = []
 
@@ -627,8 +630,11 @@ def test_resumption_and_zero_rtt(pki, server_thread, accept_early) -> None:
     second = QuicSocket()
     second.settimeout(TIMEOUT)
     second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, ticket)
-    second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
+    if not params_after_connect:
+        second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
     second.connect(("127.0.0.1", port))
+    if params_after_connect:
+        second.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, params)
     # Before the handshake: queued, and sent in 0-RTT packets with the ClientHello.
     quic_sendmsg(second, b"early", 0, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
     res2 = quic_client_handshake(
