@@ -113,6 +113,9 @@ MAX_DATAGRAMS_PER_FLUSH = 64
 STREAM_TURN = 8
 # DATAGRAM frames queued each way (RFC 9221 §5: they may be dropped, never block).
 MAX_QUEUED_DATAGRAMS = 256
+# The TLS handshake message a server sends after the handshake for resumption
+# (RFC 8446 §4.6.1); a client's QUIC_SOCKOPT_SESSION_TICKET returns the last one.
+TLS_NEW_SESSION_TICKET = 4
 # Consecutive PTOs that make full-sized packets suspect of a PMTU black hole: as many as
 # the lost probes that condemn a probe size (RFC 8899 §4.3). A PTO probe carries data at
 # full size when there is some, so in a black hole nothing at all comes back.
@@ -341,6 +344,11 @@ class Connection:
             self.recv_keys[INITIAL] = client_initial_keys
         # What the socket layer reads.
         self.crypto_inbox: deque[tuple[int, bytes]] = deque()
+        # Client: the last whole NewSessionTicket message received, which
+        # QUIC_SOCKOPT_SESSION_TICKET reads, and post-handshake CRYPTO bytes not yet a
+        # whole TLS message.
+        self.session_ticket = b""
+        self._ticket_bytes = bytearray()
         self.readable: dict[int, None] = {}
         # The last read_stream made new credit due (MAX_DATA, MAX_STREAM_DATA, or
         # MAX_STREAMS after a FIN): only then has the reader anything to send.
@@ -1143,8 +1151,22 @@ class Connection:
         if data:
             if level == APP and self.handshake_complete and self.is_client:
                 self._notify(uapi.QUIC_EVENT_NEW_SESSION_TICKET, data)
+                self._collect_ticket(data)
             self.crypto_inbox.append((level, data))
         return True
+
+    def _collect_ticket(self, data: bytes) -> None:
+        """Keep the last whole NewSessionTicket (TLS handshake type 4, RFC 8446 §4.6.1)
+        among the post-handshake messages: type, 3-byte length, body."""
+        pending = self._ticket_bytes
+        pending += data
+        while len(pending) >= 4:
+            end = 4 + int.from_bytes(pending[1:4], "big")
+            if len(pending) < end:
+                break
+            if pending[0] == TLS_NEW_SESSION_TICKET:
+                self.session_ticket = bytes(pending[:end])
+            del pending[:end]
 
     def _on_stream(self, frame: Stream, level: int, now: float) -> bool:
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STREAM)

@@ -1271,9 +1271,15 @@ class QuicSocket:
         if self.state == SOCK_LISTENING:
             raise ValueError("no session ticket on a listening socket")
         self.session_ticket = value
+        if self.conn is not None:
+            self.conn.session_ticket = b""  # what was set last is what a get returns
 
     def _get_session_ticket(self, request: bytes) -> bytes:
+        """Client: the last NewSessionTicket message received, or what was set after it
+        (session data, as libquic stores it). Server: the ticket master key."""
         conn = self.conn
+        if conn is not None and conn.is_client and conn.session_ticket:
+            return conn.session_ticket
         if conn is not None and not conn.is_client and not self.session_ticket:
             self.session_ticket = os.urandom(64)  # ticket master key for this server socket
         return self.session_ticket

@@ -158,3 +158,25 @@ def test_event_types_run_from_one_below_quic_event_max() -> None:
             assert info.value.errno == errno.EINVAL
     finally:
         sock.close()
+
+
+def test_a_client_reads_the_new_session_ticket_with_getsockopt(pki, server_thread) -> None:
+    """Reference §1.3 #12: once the server's NewSessionTicket has arrived, a client's
+    SESSION_TICKET get returns that raw message, as tlshd polls for it; session data
+    set afterwards (libquic's way) is what a get returns from then on."""
+    srv = listener()
+    server = server_thread(lambda: accept(srv, pki))
+    cli = connect(srv.getsockname()[1], pki)  # receive_ticket=0: nobody reads the ticket
+    child = server.join()
+    ticket = b""
+    for _ in range(100):  # the ticket follows the handshake by a round trip
+        ticket = cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 4096)
+        if ticket:
+            break
+        time.sleep(0.02)
+    assert ticket[:1] == b"\x04"  # TLS NewSessionTicket
+    assert len(ticket) == 4 + int.from_bytes(ticket[1:4], "big")
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, b"s" * 64)
+    assert cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 4096) == b"s" * 64
+    for sock in (cli, child, srv):
+        sock.close()
