@@ -83,6 +83,7 @@ from .path import BASE_PLPMTU, MAX_PROBES, MAX_UDP_PAYLOAD_IPV6, PlpmtuSearch, S
 from .pnspace import PnSpace
 from .recovery import LossRecovery, PacketNumberSpace, SentPacket
 from .stream import (
+    CRYPTO_BUFFER_LIMIT,
     MAX_SEND_BUFFER,
     CryptoStream,
     FlowController,
@@ -116,6 +117,7 @@ MAX_QUEUED_DATAGRAMS = 256
 # The TLS handshake message a server sends after the handshake for resumption
 # (RFC 8446 §4.6.1); a client's QUIC_SOCKOPT_SESSION_TICKET returns the last one.
 TLS_NEW_SESSION_TICKET = 4
+TLS_ALERT_UNEXPECTED_MESSAGE = 10  # RFC 8446 §6.2
 # Consecutive PTOs that make full-sized packets suspect of a PMTU black hole: as many as
 # the lost probes that condemn a probe size (RFC 8899 §4.3). A PTO probe carries data at
 # full size when there is some, so in a black hole nothing at all comes back.
@@ -220,6 +222,14 @@ class CloseInfo:
     frame_type: int | None  # None for an application close
     reason: bytes
     remote: bool
+
+    def record(self) -> uapi.QuicConnectionClose:
+        """As QUIC_SOCKOPT_CONNECTION_CLOSE and its event carry it. The record's fields
+        are a u32 and a u8, and a peer's code and frame type are 62-bit varints: the
+        fields keep their low bits, as the kernel's C assignments do."""
+        return uapi.QuicConnectionClose(
+            self.error_code & 0xFFFFFFFF, (self.frame_type or 0) & 0xFF, self.reason[:64]
+        )
 
 
 class _RunStopped(Exception):
@@ -1145,15 +1155,34 @@ class Connection:
                 self._set_max_datagram_size(BASE_PLPMTU)
 
     def _on_crypto(self, frame: Crypto, level: int, now: float) -> bool:
+        if level == APP and not self.is_client:
+            # A client has no TLS message to send after its Finished in QUIC: no
+            # KeyUpdate (RFC 9001 §6) and no post-handshake authentication (§4.4).
+            # Kept, they would pile up unread; TLS would call them unexpected_message.
+            raise QuicError(
+                TransportError.CRYPTO_ERROR + TLS_ALERT_UNEXPECTED_MESSAGE,
+                FrameType.CRYPTO,
+                "CRYPTO data from a client in 1-RTT",
+            )
         stream = self.crypto[level if level != EARLY else APP]
         stream.on_frame(frame.offset, frame.data)
         data = stream.read()
         if data:
-            if level == APP and self.handshake_complete and self.is_client:
+            if level == APP and self.handshake_complete:
                 self._notify(uapi.QUIC_EVENT_NEW_SESSION_TICKET, data)
                 self._collect_ticket(data)
+                self._drop_unread_tickets(len(data))
             self.crypto_inbox.append((level, data))
         return True
+
+    def _drop_unread_tickets(self, incoming: int) -> None:
+        """Post-handshake messages wait for a driver that reads them for a while after
+        the handshake, or never: past CRYPTO_BUFFER_LIMIT bytes the oldest go, so that
+        a server sending tickets without end costs a bounded amount of memory."""
+        inbox = self.crypto_inbox
+        queued = incoming + sum(len(d) for lvl, d in inbox if lvl == APP)
+        while queued > CRYPTO_BUFFER_LIMIT and inbox and inbox[0][0] == APP:
+            queued -= len(inbox.popleft()[1])
 
     def _collect_ticket(self, data: bytes) -> None:
         """Keep the last whole NewSessionTicket (TLS handshake type 4, RFC 8446 §4.6.1)
@@ -1190,10 +1219,14 @@ class Connection:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.RESET_STREAM, "no receive side"
             )
+        already_reset = stream.recv.reset_code is not None
         grown = stream.recv.on_reset(frame.error_code, frame.final_size)
         self.flow_recv.on_received(grown, FrameType.RESET_STREAM)
+        if already_reset or stream.recv.reset_code is None:
+            return True  # a repeat, or a reset after all data arrived (kept, RFC 9000 §3.2)
         # Bytes the reset dropped unread will never be consumed by the application:
-        # release their connection-level credit, or the window shrinks for good.
+        # release their connection-level credit, or the window shrinks for good. Once:
+        # each repeat of the frame releasing them again would let the peer past MAX_DATA.
         self.flow_recv.on_consumed(stream.recv.discarded)
         self.readable[frame.stream_id] = None
         self._notify_stream(
@@ -1258,6 +1291,12 @@ class Connection:
 
     def _on_blocked(self, frame, level: int, now: float) -> bool:
         return True  # informational: our window updates follow the application's reads
+
+    def _on_stream_data_blocked(self, frame: StreamDataBlocked, level: int, now: float) -> bool:
+        """Informational too, but it names a stream, which must be one the peer may send
+        on (RFC 9000 §19.13): the same checks as any frame for a receiving half."""
+        self.streams.get_or_create_peer(frame.stream_id, FrameType.STREAM_DATA_BLOCKED)
+        return True
 
     def _on_new_connection_id(self, frame: NewConnectionId, level: int, now: float) -> bool:
         self.dest_cids.on_new_connection_id(
@@ -1489,7 +1528,7 @@ class Connection:
         MaxStreamData: _on_max_stream_data,
         MaxStreams: _on_max_streams,
         DataBlocked: _on_blocked,
-        StreamDataBlocked: _on_blocked,
+        StreamDataBlocked: _on_stream_data_blocked,
         StreamsBlocked: _on_blocked,
         NewConnectionId: _on_new_connection_id,
         RetireConnectionId: _on_retire_connection_id,
@@ -2398,10 +2437,11 @@ class Connection:
             self.notifications.append((event, payload))
 
     def _notify_stream(self, sid: int, state: int, errcode: int, final_size: int) -> None:
-        self._notify(
-            uapi.QUIC_EVENT_STREAM_UPDATE,
-            uapi.QuicStreamUpdate(sid, state, errcode, final_size).pack(),
-        )
+        """A STREAM_UPDATE event; its errcode field is a u32 holding the low bits of the
+        peer's 62-bit code (see :meth:`CloseInfo.record`)."""
+        if self.config.event_mask & (1 << uapi.QUIC_EVENT_STREAM_UPDATE):
+            update = uapi.QuicStreamUpdate(sid, state, errcode & 0xFFFFFFFF, final_size)
+            self._notify(uapi.QUIC_EVENT_STREAM_UPDATE, update.pack())
 
     def _trace_recovery(self, lost) -> None:
         for pkt in lost:
@@ -2430,8 +2470,7 @@ class Connection:
                     "trigger": "remote" if info.remote else "local",
                 },
             )
-        record = uapi.QuicConnectionClose(info.error_code, info.frame_type or 0, info.reason[:64])
-        self._notify(uapi.QUIC_EVENT_CONNECTION_CLOSE, record.pack())
+        self._notify(uapi.QUIC_EVENT_CONNECTION_CLOSE, info.record().pack())
 
     # ------------------------------------------------------------------
     # the application's side: streams and datagrams

@@ -1175,9 +1175,7 @@ class QuicSocket:
         info = self.conn.close_info if self.conn else None
         if info is None:
             return self.close_record.pack()
-        return uapi.QuicConnectionClose(
-            info.error_code, info.frame_type or 0, info.reason[:64]
-        ).pack()
+        return info.record().pack()
 
     def _set_transport_param(self, value: bytes) -> None:
         rec = uapi.QuicTransportParam.unpack(value)
