@@ -343,6 +343,8 @@ class Connection:
         self.pad_next = False  # a PATH_CHALLENGE/RESPONSE is queued: pad its datagram
         self.large_losses = 0  # see BLACK_HOLE_LOSSES
         self.last_ping = 0.0  # when an ACK-only packet last carried a PING
+        self._probe_addr: tuple | None = None  # see _credit_probe_path
+        self._probe_credit = 0
         self.ack_only_sent = 0  # 1-RTT ACK-only packets since our last ack-eliciting one
         self.streams = StreamManager(self.is_client, self.local_params)
         self.flow_send = FlowController(0)
@@ -649,6 +651,8 @@ class Connection:
             return
         self.bytes_received += len(data)
         moved = addr != self.peer_addr
+        if moved:
+            self._credit_probe_path(addr, len(data))
         self._packet_addr = addr
         self._non_probing = False
         first = data[0] if data else HEADER_FORM_BIT
@@ -1324,8 +1328,20 @@ class Connection:
             # current one may be retired by then, and its route gone at the peer.
             spare = self.dest_cids.spare()
             dcid = None if spare is None else spare.cid
-            self.probes_out.append((self._probe([response], now, dcid), self._packet_addr, 0))
+            probe = self._probe([response], now, dcid, room=self._probe_credit)
+            if probe is not None:
+                self._probe_credit -= len(probe)
+                self.probes_out.append((probe, self._packet_addr, 0))
         return True
+
+    def _credit_probe_path(self, addr: tuple, size: int) -> None:
+        """RFC 9000 §8.2.1, §9.3.1: answers to PATH_CHALLENGEs from an address not yet
+        validated may total three times what came from it, or a spoofed source would
+        turn one datagram full of challenges into a flood at its victim. One such
+        address is followed at a time; another starts from its own datagram."""
+        if addr != self._probe_addr:
+            self._probe_addr, self._probe_credit = addr, 0
+        self._probe_credit += 3 * size
 
     def _on_path_response(self, frame: PathResponse, level: int, now: float) -> bool:
         """RFC 9000 §8.2.3: only the data we sent validates; anything else is ignored."""
@@ -1441,17 +1457,26 @@ class Connection:
         elif now >= check.resend_at and check.sent < MAX_CHALLENGES:
             self._send_challenge(now)
 
-    def _probe(self, frames: list, now: float, dcid: bytes | None = None) -> bytes:
+    def _probe(
+        self, frames: list, now: float, dcid: bytes | None = None, room: int | None = None
+    ) -> bytes | None:
         """A 1-RTT packet for another path, padded to 1200 bytes (RFC 9000 §8.2.1), to
         ``dcid`` if given, else to the active connection ID, its packet number in full
         (PROBE_PN_LENGTH). It is recorded as sent but neither in flight nor to be
         retransmitted: PATH_CHALLENGE and PATH_RESPONSE are never resent as such, and the
-        other path has its own congestion state."""
+        other path has its own congestion state. With ``room`` (an unvalidated address's
+        anti-amplification credit) it is padded no further than that, and None when even
+        the bare frames would not fit."""
         parts = []
         for frame in frames:
             buf = bytearray()
             encode_frame(frame, buf)
             parts.append(bytes(buf))
+        bare = self._estimate_size(APP, parts, PROBE_PN_LENGTH)
+        if dcid is not None:
+            bare -= len(self.dest_cids.active.cid) - len(dcid)  # the estimate's header
+        if room is not None and bare > room:
+            return None
         space = self.spaces[APP_SPACE]
         sent = SentPacket(
             packet_number=space.next_pn,
@@ -1464,9 +1489,7 @@ class Connection:
             frames=[],
             ect=self.ecn_codepoint == ECT_0,  # it leaves with the same marking
         )
-        pad = MIN_INITIAL_SIZE - self._estimate_size(APP, parts, PROBE_PN_LENGTH)
-        if dcid is not None:
-            pad += len(self.dest_cids.active.cid) - len(dcid)  # the estimate's header
+        pad = (MIN_INITIAL_SIZE if room is None else min(MIN_INITIAL_SIZE, room)) - bare
         if pad > 0:
             parts.append(bytes(pad))
         datagram = self._seal(APP, parts, sent, PROBE_PN_LENGTH, dcid=dcid)

@@ -1037,6 +1037,7 @@ def test_a_path_response_to_another_address_carries_the_cid_a_move_would_use() -
     active, spare = server.dest_cids.active.cid, server.dest_cids.spare().cid
     new_addr = ("192.0.2.9", 5555)
     server._packet_addr = new_addr
+    server._credit_probe_path(new_addr, 1200)  # as a 1200-byte datagram from there gives
     server._on_path_challenge(PathChallenge(b"abcdefgh"), APP, pair.now)
     probe, addr, _ = server.probes_out.popleft()
     assert addr == new_addr and len(probe) >= 1200
@@ -1147,6 +1148,7 @@ def test_the_ack_of_a_path_probe_is_expected() -> None:
     pair.handshake()
     server, client = pair.server, pair.client
     server._packet_addr = ("192.0.2.9", 5555)
+    server._credit_probe_path(server._packet_addr, 1200)  # a datagram came from there
     server._on_path_challenge(PathChallenge(b"abcdefgh"), APP, pair.now)
     probe, _, _ = server.probes_out.popleft()
     client.receive_datagram(probe, SERVER_ADDR, pair.now)

@@ -22,16 +22,19 @@ def established(**server_params) -> Pair:
     return pair
 
 
-def deliver(pair: Pair, payload: bytes, to: str = "server") -> Connection:
-    """``payload`` (frames) in a 1-RTT packet sealed by the other end, received by ``to``."""
+def deliver(pair: Pair, payload: bytes, to: str = "server", addr: tuple | None = None):
+    """``payload`` (frames) in a 1-RTT packet sealed by the other end, received by ``to``
+    from the other end's address or ``addr``; the receiver, or with ``addr`` the size of
+    the datagram."""
     sender, receiver = (pair.client, pair.server) if to == "server" else (pair.server, pair.client)
     space = sender.spaces[LEVEL_SPACE[APP]]
     sent = SentPacket(space.next_pn, LEVEL_SPACE[APP], pair.now, 0, False, False)
     datagram = sender._seal(APP, [payload], sent)
     space.take_pn()
     pair.now += 0.001
-    receiver.receive_datagram(datagram, CLIENT_ADDR if to == "server" else SERVER_ADDR, pair.now)
-    return receiver
+    source = addr or (CLIENT_ADDR if to == "server" else SERVER_ADDR)
+    receiver.receive_datagram(datagram, source, pair.now)
+    return len(datagram) if addr else receiver
 
 
 def closed_with(conn: Connection) -> int | None:
@@ -117,3 +120,16 @@ def test_tickets_nobody_reads_stay_within_the_crypto_buffer() -> None:
     assert client.state == State.ESTABLISHED
     assert 0 < unread <= CRYPTO_BUFFER_LIMIT
     assert client.session_ticket == ticket
+
+
+def test_path_challenges_from_an_unvalidated_address_get_at_most_three_times_back() -> None:
+    """RFC 9000 §8.2.1, §9.3.1: one datagram full of PATH_CHALLENGEs from a spoofed
+    source must not become a flood of padded PATH_RESPONSEs toward it."""
+    pair = established()
+    victim = ("10.9.9.9", 5555)
+    challenges = b"".join(b"\x1a" + bytes([i]) * 8 for i in range(130))
+    size = deliver(pair, challenges, addr=victim)
+    answers = [d for d, addr, _ in pair.server.probes_out if addr == victim]
+    assert answers and len(answers[0]) == 1200  # the first is padded, as §8.2.1 asks
+    assert sum(map(len, answers)) <= 3 * size
+    assert pair.server.peer_addr == CLIENT_ADDR  # probing frames only: nobody moved
