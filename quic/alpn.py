@@ -59,6 +59,20 @@ def offered_alpns(
         return None
 
 
+def initial_opens(
+    datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
+) -> bool:
+    """Whether the datagram's Initial packets authenticate under the client Initial keys
+    of their DCID. Anyone can make such keys, but a datagram whose packets do not open
+    is not a client's first flight, and must not cost a listener a connection (and its
+    application a handshake thread). ``keys`` receives the keys, as for offered_alpns."""
+    try:
+        _initial_crypto_data(datagram, cid_length, keys)
+    except (QuicError, DecryptionError):
+        return False
+    return True
+
+
 def _initial_crypto_data(
     datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
 ) -> bytes:

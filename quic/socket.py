@@ -24,6 +24,7 @@ import os
 import socket as _socket
 import threading
 import time
+import weakref
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Iterable
@@ -119,6 +120,7 @@ class QuicSocket:
         self._peer_bidi_seen = -1  # the newest bidi stream of the peer's that was read
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
+        self._children: weakref.WeakSet[QuicSocket] = weakref.WeakSet()  # listener's
         self._extra_routes: list[bytes] = []
         self._waiters = 0  # threads blocked in _wait
         self._checks: list = []  # the pure predicates some of them wait on
@@ -412,6 +414,8 @@ class QuicSocket:
         with self._lock:
             if self.state != SOCK_LISTENING or len(self._accept_queue) >= self._backlog:
                 return None
+            if self._handshakes_in_progress() >= self._backlog:
+                return None  # as a full SYN backlog: the client sends its Initial again
             header = parse_header(data, 0, CID_LENGTH)
             proof = self._check_token(tunnel, header, addr)
             if proof is False:
@@ -425,6 +429,18 @@ class QuicSocket:
                 )
                 return None
             return self._new_child(tunnel, header, addr, proof, now, client_keys)
+
+    def _handshakes_in_progress(self) -> int:
+        """Connections made here whose handshake has not ended, accepted or not. The
+        backlog bounds them too: accepting at once, an application would otherwise run
+        a handshake (and a thread) for every Initial a flood brings."""
+        return sum(
+            1
+            for child in self._children
+            if child.conn is not None
+            and not child.conn.handshake_complete
+            and child.conn.state < CLOSING
+        )
 
     def _check_token(self, tunnel: Tunnel, header, addr: tuple) -> ValidatedToken | bool | None:
         """What the Initial's token proves: None without a usable one, False when the
@@ -486,7 +502,7 @@ class QuicSocket:
         tunnel.add_route(header.dcid, child)
         child._extra_routes.append(header.dcid)
         child.state = SOCK_ESTABLISHING
-        child._listener = self
+        self._children.add(child)
         self._accept_queue.append(child)
         self._wake_all()
         self._update_ready()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .alpn import no_application_protocol_close, offered_alpns
+from .alpn import initial_opens, no_application_protocol_close, offered_alpns
 from .connid import (
     STATELESS_RESET_TOKEN_LENGTH,
     WorkerCids,
@@ -469,6 +469,8 @@ class Tunnel:
         if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             return None
         keys: dict[int, PacketKeys] = {}
+        if not initial_opens(data, self.cid_length, keys):
+            return None
         candidates = self._listeners_for(data, header, addr, keys)
         for listener in candidates:
             endpoint = self._guard(

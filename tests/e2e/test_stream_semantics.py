@@ -1,17 +1,21 @@
 """Stream rules of the socket API as lxin/quic states them (reference §1.3, §1.7): which
 sends fail and with what errno, how an open at the peer's stream limit waits, which
-stream -1 names; and the CONFIG and EVENT option rules checked without a connection."""
+stream -1 names; the CONFIG and EVENT option rules checked without a connection; and
+what a listener makes of Initials that come by the dozen."""
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import time
 
 import pytest
 
 from quic import uapi
+from quic.connection import Connection, ConnectionConfig
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
+from quic.transport_params import default_local_parameters
 from tests.e2e.test_socket import accept, connect, listener
 
 NEW, FIN = uapi.MSG_QUIC_STREAM_NEW, uapi.MSG_QUIC_STREAM_FIN
@@ -180,3 +184,62 @@ def test_a_client_reads_the_new_session_ticket_with_getsockopt(pki, server_threa
     assert cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, 4096) == b"s" * 64
     for sock in (cli, child, srv):
         sock.close()
+
+
+def initial(dcid: bytes, payload: bytes | None = None) -> bytes:
+    """A 1200-byte v1 Initial for ``dcid``: a client's real first flight (a core client
+    connection's, with a placeholder ClientHello), or with ``payload`` bytes that open
+    under no key."""
+    if payload is not None:
+        header = b"\xc0" + (1).to_bytes(4, "big") + bytes([8]) + dcid + bytes([8]) + dcid
+        return header + b"\x00" + (0x4000 | 1180).to_bytes(2, "big") + payload[:1180]
+    conn = Connection(
+        ConnectionConfig(is_client=True, local_params=default_local_parameters()),
+        dcid=dcid,
+        scid=os.urandom(8),
+        peer_addr=("127.0.0.1", 9),
+        now=time.monotonic(),
+    )
+    conn.handshake_send(uapi.QUIC_CRYPTO_INITIAL, b"\x01\x00\x00\x04hello")
+    return conn.datagrams_to_send(time.monotonic())[0]
+
+
+def test_initials_that_do_not_open_make_no_connection() -> None:
+    """Datagrams shaped like Initials whose packets do not authenticate under their
+    DCID's Initial keys are no client's: no connection, nothing to accept."""
+    srv = listener()
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(20):
+            junk.sendto(initial(os.urandom(8), os.urandom(1200)), srv.getsockname())
+        junk.sendto(initial(os.urandom(8)), srv.getsockname())  # one real Initial
+        srv.settimeout(2.0)
+        srv.accept()[0].close()
+        srv.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            srv.accept()
+    finally:
+        junk.close()
+        srv.close()
+
+
+def test_the_backlog_bounds_handshakes_in_progress_too() -> None:
+    """Accepting at once does not lift the backlog: connections whose handshake has not
+    ended count against it, so a flood of real Initials makes at most that many."""
+    srv = listener()
+    srv.listen(2)
+    srv.settimeout(0.5)
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    accepted: list[QuicSocket] = []
+    try:
+        for _ in range(5):  # each accepted as soon as it arrives, none finishing
+            junk.sendto(initial(os.urandom(8)), srv.getsockname())
+            try:
+                accepted.append(srv.accept()[0])
+            except TimeoutError:
+                pass
+        assert len(accepted) == 2
+    finally:
+        for sock in (*accepted, srv):
+            sock.close()
+        junk.close()
