@@ -28,6 +28,10 @@ DEFAULT_SEND_BUFFER = 1 << 20
 # window in flight: 8 MiB, 84 MB/s at 100 ms. The send buffer follows the congestion
 # window likewise.
 MAX_STREAM_WINDOW = 16 << 20
+# Pieces of data held past gaps that a stream may have before they must average at
+# least MIN_FRAGMENT bytes (see Reassembly.too_fragmented).
+FRAGMENTS_FREE = 1024
+MIN_FRAGMENT = 256
 MAX_CONNECTION_WINDOW = 24 << 20
 MAX_SEND_BUFFER = 16 << 20
 WINDOW_GROWTH_RTTS = 2
@@ -576,6 +580,15 @@ class Reassembly:
             self.pending_bytes += stop - start
             start = stop
 
+    @property
+    def too_fragmented(self) -> bool:
+        """More than FRAGMENTS_FREE pieces held past gaps, averaging under MIN_FRAGMENT
+        bytes. A peer sending whole packets leaves a gap at most per lost packet; tiny
+        pieces out of order cost a list slot and an object each, over a hundred bytes
+        a byte, and make every insert slower: a peer doing that is attacking."""
+        pieces = len(self._seg_starts)
+        return pieces > FRAGMENTS_FREE and self.pending_bytes < pieces * MIN_FRAGMENT
+
     def _drain(self) -> None:
         """Move segments that now touch the ready data over to it."""
         starts, segs = self._seg_starts, self._seg_data
@@ -731,6 +744,10 @@ class RecvStream:
         if self.state in (_R_RECV, _R_SIZE_KNOWN):
             buf = self._buf
             buf.insert(offset, data)
+            if buf.too_fragmented:
+                raise QuicError(
+                    TransportError.PROTOCOL_VIOLATION, FrameType.STREAM, "data in tiny pieces"
+                )
             if self.final_size is not None and buf.contiguous_end == self.final_size:
                 self.state = _R_RECVD
         return grown
@@ -874,6 +891,10 @@ class CryptoStream:
                 "too much CRYPTO data buffered",
             )
         recv.insert(offset, data)
+        if recv.too_fragmented:
+            raise QuicError(
+                TransportError.CRYPTO_BUFFER_EXCEEDED, FrameType.CRYPTO, "data in tiny pieces"
+            )
 
     @property
     def stored(self) -> int:

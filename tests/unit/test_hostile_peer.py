@@ -8,7 +8,7 @@ from quic import uapi
 from quic.connection import LEVEL_SPACE, Connection, State
 from quic.errors import TransportError
 from quic.recovery import SentPacket
-from quic.stream import CRYPTO_BUFFER_LIMIT
+from quic.stream import CRYPTO_BUFFER_LIMIT, FRAGMENTS_FREE
 from quic.varint import encode_varint as v
 from tests.unit.test_connection import APP, CLIENT_ADDR, SERVER_ADDR, Pair
 
@@ -133,3 +133,32 @@ def test_path_challenges_from_an_unvalidated_address_get_at_most_three_times_bac
     assert answers and len(answers[0]) == 1200  # the first is padded, as §8.2.1 asks
     assert sum(map(len, answers)) <= 3 * size
     assert pair.server.peer_addr == CLIENT_ADDR  # probing frames only: nobody moved
+
+
+def test_stream_data_in_tiny_pieces_out_of_order_closes_the_connection() -> None:
+    """One-byte STREAM frames at every other offset, from the top of the window down,
+    cost each insert more as they pile up and over a hundred bytes of memory a byte;
+    past FRAGMENTS_FREE pieces of under MIN_FRAGMENT bytes the peer is refused."""
+    pair = established()
+    top = 65535 * 16 - 2
+    offsets = iter(range(top, 0, -2))
+    conn = pair.server
+    for _ in range(30):  # 3000 pieces at most
+        frames = b"".join(b"\x0e" + v(0) + v(next(offsets)) + v(1) + b"x" for _ in range(100))
+        conn = deliver(pair, frames)
+        if conn.state != State.ESTABLISHED:
+            break
+    assert closed_with(conn) == TransportError.PROTOCOL_VIOLATION
+    assert FRAGMENTS_FREE < len(conn.streams.get(0).recv._buf._seg_starts) <= FRAGMENTS_FREE + 100
+
+
+def test_out_of_order_whole_packets_are_not_tiny_pieces() -> None:
+    """Every other full-size packet lost over a whole stream window: many gaps, but
+    pieces as large as packets, which is what heavy loss looks like."""
+    pair = established()
+    piece = bytes(1100)
+    conn = pair.server
+    for i in range(1, 900, 2):
+        conn = deliver(pair, b"\x0e" + v(0) + v(i * 1100) + v(len(piece)) + piece)
+    assert conn.state == State.ESTABLISHED
+    assert len(conn.streams.get(0).recv._buf._seg_starts) > FRAGMENTS_FREE // 4
