@@ -270,7 +270,10 @@ class QuicSocket:
             if self.tunnel is None:
                 raise _err(errno.EINVAL, "listen on an unbound socket")
             if self.state == SOCK_LISTENING:
-                self._backlog = backlog or DEFAULT_BACKLOG
+                if backlog == 0:
+                    self._stop_listening()  # lxin/quic §1.8: listen(fd, 0) leaves listening
+                else:
+                    self._backlog = backlog
                 return
             if self.state != SOCK_CLOSED:
                 raise _err(errno.EINVAL)
@@ -282,14 +285,29 @@ class QuicSocket:
             self.state = SOCK_LISTENING
             self.tunnel.add_listener(self)
 
+    def _stop_listening(self) -> None:
+        """New Initials no longer reach this socket, and connections not yet accepted
+        are closed; accepted ones carry on, and the socket may listen again."""
+        self.tunnel.remove_listener(self)
+        while self._accept_queue:
+            self._accept_queue.popleft().close()
+        self.state = SOCK_CLOSED
+        self._wake_all()
+        self._update_ready()
+
     def accept(self) -> tuple[QuicSocket, tuple]:
         """A new connection; it is ESTABLISHING until a server handshake runs on it."""
         with self._lock:
             if self.state != SOCK_LISTENING:
                 raise _err(errno.EINVAL)
-            self._wait(lambda: self._accept_queue or self._released, self._deadline())
+            self._wait(
+                lambda: self._accept_queue or self._released or self.state != SOCK_LISTENING,
+                self._deadline(),
+            )
             if self._released:
                 raise _err(errno.EBADF)
+            if self.state != SOCK_LISTENING:
+                raise _err(errno.EINVAL)
             child = self._accept_queue.popleft()
             self._update_ready()
         return child, child.conn.peer_addr
@@ -821,6 +839,8 @@ class QuicSocket:
         return self._check_alive()
 
     def _send_datagram(self, data: bytes, flags: int) -> int:
+        if not data:
+            raise _err(errno.EMSGSIZE, "an empty datagram")  # lxin/quic §1.7: 1..sndbuf
         with self._lock:
             conn = self._wait_established(flags)
             deadline = self._deadline()
@@ -845,7 +865,7 @@ class QuicSocket:
         sflags = info.stream_flags
         fin = bool(sflags & uapi.MSG_QUIC_STREAM_FIN)
         if not data and not fin:
-            raise _err(errno.EINVAL, "empty send without FIN")
+            raise _err(errno.EMSGSIZE, "empty send without FIN")  # lxin/quic §7
         with self._lock:
             conn = self._wait_established(flags, early=True)
             sid = self._choose_stream(conn, info.stream_id, sflags, flags)
@@ -992,10 +1012,13 @@ class QuicSocket:
                 if self._handshake_pending():
                     level, data = conn.crypto_inbox.popleft()
                     record = uapi.QuicHandshakeInfo(level).pack()
+                    msg_flags = uapi.MSG_EOR
+                    if len(data) > bufsize:  # the rest is lost, as of a datagram
+                        data, msg_flags = data[:bufsize], msg_flags | uapi.MSG_TRUNC
                     return (
                         data,
                         [(uapi.SOL_QUIC, uapi.QUIC_HANDSHAKE_INFO, record)],
-                        uapi.MSG_EOR,
+                        msg_flags,
                         peer,
                     )
                 if conn.datagrams_in:
@@ -1282,8 +1305,11 @@ class QuicSocket:
         return self.alpn
 
     def _set_session_ticket(self, value: bytes) -> None:
+        """Reference §1.3 #12: 64..4096 bytes, EPIPE on a listening socket."""
         if self.state == SOCK_LISTENING:
-            raise ValueError("no session ticket on a listening socket")
+            raise _err(errno.EPIPE, "no session ticket on a listening socket")
+        if len(value) < uapi.QUIC_SESSION_TICKET_MIN_LEN:
+            raise ValueError("a session ticket is at least 64 bytes")
         self.session_ticket = value
         if self.conn is not None:
             self.conn.session_ticket = b""  # what was set last is what a get returns
@@ -1380,12 +1406,10 @@ class QuicSocket:
                 return
             self._released = True
             if self.state == SOCK_LISTENING:
-                self.tunnel.remove_listener(self)
-                while self._accept_queue:
-                    self._accept_queue.popleft().close()
-                if self._preferred_tunnel is not None:
-                    tunnel, self._preferred_tunnel = self._preferred_tunnel, None
-                    put_tunnel(tunnel)
+                self._stop_listening()
+            if self.conn is None and self._preferred_tunnel is not None:
+                tunnel, self._preferred_tunnel = self._preferred_tunnel, None
+                put_tunnel(tunnel)
             self.shutdown()
             self._wake_all()
             conn = self.conn

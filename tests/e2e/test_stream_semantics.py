@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from handshake.libquic import quic_client_handshake
 from quic import uapi
 from quic.connection import Connection, ConnectionConfig
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
@@ -243,3 +244,72 @@ def test_the_backlog_bounds_handshakes_in_progress_too() -> None:
         for sock in (*accepted, srv):
             sock.close()
         junk.close()
+
+
+def test_empty_sends_are_emsgsize(connected) -> None:
+    """Reference §7: an empty send without FIN, and a datagram of no bytes, are
+    EMSGSIZE (a datagram's length runs from 1)."""
+    cli, _ = connected()
+    for send in (
+        lambda: quic_sendmsg(cli, b"", -1, NEW),
+        lambda: cli.sendmsg([b""], [], uapi.MSG_QUIC_DATAGRAM),
+    ):
+        with pytest.raises(OSError) as info:
+            send()
+        assert info.value.errno == errno.EMSGSIZE
+
+
+def test_session_ticket_set_rules() -> None:
+    """Reference §1.3 #12: 64 to 4096 bytes; EPIPE on a listening socket."""
+    sock = QuicSocket(socket.AF_INET)
+    srv = listener()
+    try:
+        with pytest.raises(OSError) as info:
+            sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, b"t" * 63)
+        assert info.value.errno == errno.EINVAL
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, b"t" * 64)
+        with pytest.raises(OSError) as info:
+            srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_SESSION_TICKET, b"t" * 64)
+        assert info.value.errno == errno.EPIPE
+    finally:
+        sock.close()
+        srv.close()
+
+
+def test_listen_zero_leaves_listening_and_listen_again_returns(pki, server_thread) -> None:
+    """Reference §1.8: listen(fd, 0) on a listening socket stops it listening: a client
+    then reaches nobody, and accept() is EINVAL. A later listen() serves again."""
+    srv = listener()
+    srv.listen(0)
+    with pytest.raises(OSError) as info:
+        srv.accept()
+    assert info.value.errno == errno.EINVAL
+    early = QuicSocket(socket.AF_INET)
+    early.connect(srv.getsockname())
+    with pytest.raises(TimeoutError):
+        quic_client_handshake(early, None, "server.test", "smb", ca_file=str(pki.ca), timeout=0.3)
+    early.close()
+    srv.listen()
+    server = server_thread(lambda: accept(srv, pki))
+    cli = connect(srv.getsockname()[1], pki)
+    for sock in (server.join(), cli, srv):
+        sock.close()
+
+
+def test_a_handshake_message_longer_than_the_buffer_is_truncated(pki) -> None:
+    """As for a datagram: the part that fits, and MSG_TRUNC (libquic's EMSGSIZE)."""
+    srv = listener()
+    cli = QuicSocket(socket.AF_INET)
+    try:
+        cli.connect(srv.getsockname())
+        hello = b"\x01\x00\x01\x00" + bytes(256)
+        cli.send_handshake(uapi.QUIC_CRYPTO_INITIAL, hello, False)
+        srv.settimeout(2.0)
+        child = srv.accept()[0]
+        child.settimeout(2.0)
+        data, _, msg_flags, _ = child.recvmsg(10, 64)
+        assert data == hello[:10] and msg_flags & uapi.MSG_TRUNC
+        child.close()
+    finally:
+        cli.close()
+        srv.close()
