@@ -2609,13 +2609,18 @@ class Connection:
         self.sending.pop(sid, None)
         self.streams.maybe_forget(sid)
 
-    def stop_sending(self, sid: int, error_code: int) -> None:
+    def stop_sending(self, sid: int, error_code: int) -> bool:
+        """Ask the peer to stop sending on ``sid``; False, and nothing sent, when that
+        was asked already (lxin/quic: EAGAIN while one is in flight)."""
         stream = self.streams.get(sid)
         if stream is None or stream.recv is None:
             raise ValueError("no such stream")
+        if stream.recv.stop_code is not None:
+            return False
         stream.recv.stop_sending(error_code)
         frame = StopSending(sid, error_code)
         self._queue_control(frame)
+        return True
 
     def send_datagram(self, data: bytes) -> bool:
         """RFC 9221: queued once, sent when congestion control allows, never

@@ -1194,7 +1194,8 @@ class QuicSocket:
 
     def _set_stop_sending(self, value: bytes) -> None:
         info = uapi.QuicErrinfo.unpack(value)
-        self._check_alive().stop_sending(info.stream_id, info.errcode)
+        if not self._check_alive().stop_sending(info.stream_id, info.errcode):
+            raise _err(errno.EAGAIN, "STOP_SENDING already sent on this stream")
 
     def _set_key_update(self, value: bytes) -> None:
         """Start a 1-RTT key update: EPIPE unless established, EAGAIN while the previous

@@ -466,18 +466,19 @@ class SendStream:
 
     def reset(self, error_code: int) -> int:
         """Abandon the stream (RESET_STREAM, RFC 9000 §3.1); returns the final size to
-        announce, the flow-control credit consumed so far. Repeating it is harmless."""
-        if self.state == _S_RECVD:
-            raise StreamStateError("stream already fully acknowledged")
-        if self.reset_code is None:
-            self.reset_code = error_code
-            self.final_size = self.sent_end
-            self._chunks, self._starts, self._head = [], [], 0
-            self._tail = bytearray()
-            self._frozen_end = self.write_end
-            self._lost = RangeSet()
-            self._acked = RangeSet()
-            self.state = _S_RESET_SENT
+        announce, the flow-control credit consumed so far. Only from Ready, Send or
+        Data Sent: once all data is acknowledged, or the stream reset, there is nothing
+        to abandon (lxin/quic: EINVAL from Data Recvd on)."""
+        if self.state in (_S_RECVD, _S_RESET_SENT, _S_RESET_RECVD):
+            raise StreamStateError("stream already fully acknowledged or reset")
+        self.reset_code = error_code
+        self.final_size = self.sent_end
+        self._chunks, self._starts, self._head = [], [], 0
+        self._tail = bytearray()
+        self._frozen_end = self.write_end
+        self._lost = RangeSet()
+        self._acked = RangeSet()
+        self.state = _S_RESET_SENT
         return self.sent_end
 
     def on_stop_sending(self, error_code: int) -> int | None:

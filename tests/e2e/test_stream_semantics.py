@@ -313,3 +313,22 @@ def test_a_handshake_message_longer_than_the_buffer_is_truncated(pki) -> None:
     finally:
         cli.close()
         srv.close()
+
+
+def test_a_second_reset_is_einval_and_a_second_stop_sending_eagain(connected) -> None:
+    """Reference §1.3 #2, #3: STREAM_RESET from Data Recvd on (a reset stream is past
+    it) is EINVAL; STOP_SENDING while one is in flight is EAGAIN."""
+    cli, child = connected()
+    quic_sendmsg(cli, b"data", 0, NEW)
+    reset = uapi.QuicErrinfo(0, 1).pack()
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, reset)
+    with pytest.raises(OSError) as info:
+        cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, reset)
+    assert info.value.errno == errno.EINVAL
+    quic_sendmsg(cli, b"more", 4, NEW)
+    read_until(child, {4})
+    stop = uapi.QuicErrinfo(4, 2).pack()
+    child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING, stop)
+    with pytest.raises(OSError) as info:
+        child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING, stop)
+    assert info.value.errno == errno.EAGAIN

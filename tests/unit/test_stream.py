@@ -363,7 +363,8 @@ def test_reset_states_and_final_size() -> None:
     send.write(b"x" * 50)
     send.next_frame(20, 100)
     assert send.reset(9) == 20  # what flow control has consumed
-    assert send.reset(9) == 20
+    with pytest.raises(StreamStateError):  # once reset, nothing is left to abandon
+        send.reset(9)
     assert send.state == S.QUIC_STREAM_SEND_STATE_RESET_SENT == 4
     assert send.final_size == 20 and send.reset_code == 9
     assert send.next_frame(100, 100) is None and not send.has_data()
