@@ -99,10 +99,17 @@ class Agent:
     """The daemon's state. :meth:`serve` runs it in the calling thread; :meth:`start`
     in a background thread (the embedded agent of one-command demos and tests)."""
 
-    def __init__(self, config: AgentConfig, config_path: str | None = None) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: str | None = None,
+        socket_path: str | None = None,
+    ) -> None:
+        self.socket_override = socket_path
+        self.config = self._overridden(config)
         self.config_path = config_path
         self.listener: socket.socket | None = None
+        self.bound_path: str | None = None
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="handshake")
         self.slots = threading.BoundedSemaphore(config.workers + config.max_pending)
         self.running: set[socket.socket] = set()
@@ -129,7 +136,7 @@ class Agent:
             os.chown(path, -1, gid)
         listener.listen(64)
         listener.settimeout(0.5)
-        self.listener = listener
+        self.listener, self.bound_path = listener, path
         log.info("listening on %s", path)
 
     def start(self) -> Agent:
@@ -143,11 +150,17 @@ class Agent:
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(STOP_GRACE + 2)
 
+    def _overridden(self, config: AgentConfig) -> AgentConfig:
+        """``config`` with the command line's choices, which a reload must keep."""
+        if self.socket_override:
+            return dataclasses.replace(config, socket_path=self.socket_override)
+        return config
+
     def reload(self) -> None:
         if self.config_path is None:
             return
         try:
-            config = load_config(self.config_path)
+            config = self._overridden(load_config(self.config_path))
         except ConfigError as exc:
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
@@ -185,10 +198,9 @@ class Agent:
     def _shutdown(self) -> None:
         listener, self.listener = self.listener, None
         if listener is not None:
-            path = self.config.socket_path
             listener.close()
             try:
-                os.unlink(path)
+                os.unlink(self.bound_path)  # ours: the config's path may be another agent's
             except OSError:
                 pass
         deadline = time.monotonic() + STOP_GRACE
@@ -493,13 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s kquic-tlshd: %(message)s",
     )
     try:
-        config = load_config(args.config)
-        if args.socket:
-            config = dataclasses.replace(config, socket_path=args.socket)
+        agent = Agent(load_config(args.config), args.config, args.socket)
+        config = agent.config
         _apply_log_levels(config)
         for problem in config.check_files():
             log.warning("%s", problem)
-        agent = Agent(config, args.config)
         agent.bind()
     except (ConfigError, OSError) as exc:
         print(f"kquic-tlshd: {exc}", file=sys.stderr)

@@ -73,11 +73,13 @@ secret={PSK_SECRET.hex()}
 
 
 class AgentProcess:
-    """``kquic-tlshd`` in its own process; its log is kept for the tests to read."""
+    """``kquic-tlshd`` in its own process; its log is kept for the tests to read.
+    With ``socket`` it listens there, as ``--socket`` tells it, not where the config says."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, socket: str | None = None) -> None:
         self.config = config
-        self.socket = next(
+        self.options = ["--socket", socket] if socket else []
+        self.socket = socket or next(
             line.split("=", 1)[1]
             for line in config.read_text().splitlines()
             if line.startswith("socket=")
@@ -88,7 +90,15 @@ class AgentProcess:
     def start(self) -> None:
         self.log_file = open(self.log_path, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "handshake.tlshd.agent", "-c", str(self.config), "-s"],
+            [
+                sys.executable,
+                "-m",
+                "handshake.tlshd.agent",
+                "-c",
+                str(self.config),
+                "-s",
+                *self.options,
+            ],
             stdout=subprocess.PIPE,
             stderr=self.log_file,
             text=True,
@@ -523,6 +533,29 @@ def test_sighup_reloads_and_a_broken_config_keeps_the_old(agent) -> None:
     agent.proc.send_signal(signal.SIGHUP)
     assert wait_for_log(agent, "keeping the old configuration")
     test_x509_handshake_succeeds_again(agent)
+
+
+def test_socket_override_outlives_a_reload(tmp_path, pki) -> None:
+    """An agent started with --socket keeps it across SIGHUP, and on SIGTERM removes its
+    own socket, not the one the config names, where another agent may be listening."""
+    config = write_config(tmp_path, pki)
+    system_socket = str(tmp_path / "handshake.sock")
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    other.bind(system_socket)
+    other.listen(1)
+    agent = AgentProcess(config, socket=str(tmp_path / "private.sock"))
+    try:
+        agent.proc.send_signal(signal.SIGHUP)
+        assert wait_for_log(agent, "configuration reloaded")
+        assert "take effect on restart" not in agent.log()
+        test_x509_handshake_succeeds_again(agent)
+        assert agent.stop() == 0
+        assert os.path.exists(system_socket)
+        assert not os.path.exists(agent.socket)
+    finally:
+        other.close()
+        if agent.proc.poll() is None:
+            agent.kill()
 
 
 def test_embedded_agent_serves_this_process(tmp_path, pki) -> None:
