@@ -87,12 +87,16 @@ def _supplementary_groups(pid: int) -> set[int]:
 
 
 def _group_id(name: str | None) -> int | None:
+    """``[agent] group``'s gid, a name or a number. A name the system does not know is a
+    ConfigError: ignored, it would leave the group's members refused without a word."""
     if not name:
         return None
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
-        return int(name) if name.isdigit() else None
+        if name.isdigit():
+            return int(name)
+        raise ConfigError(f"[agent] group={name!r}: no such group") from None
 
 
 class Agent:
@@ -107,6 +111,7 @@ class Agent:
     ) -> None:
         self.socket_override = socket_path
         self.config = self._overridden(config)
+        self.gid = _group_id(config.group)
         self.config_path = config_path
         self.listener: socket.socket | None = None
         self.bound_path: str | None = None
@@ -131,9 +136,8 @@ class Agent:
             listener.bind(path)
         finally:
             os.umask(old_umask)
-        gid = _group_id(self.config.group)
-        if gid is not None:
-            os.chown(path, -1, gid)
+        if self.gid is not None:
+            os.chown(path, -1, self.gid)
         listener.listen(64)
         listener.settimeout(0.5)
         self.listener, self.bound_path = listener, path
@@ -161,6 +165,7 @@ class Agent:
             return
         try:
             config = self._overridden(load_config(self.config_path))
+            gid = _group_id(config.group)
         except ConfigError as exc:
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
@@ -168,7 +173,7 @@ class Agent:
             log.warning("%s", problem)
         if config.socket_path != self.config.socket_path or config.workers != self.config.workers:
             log.warning("socket and workers changes take effect on restart")
-        self.config = config
+        self.config, self.gid = config, gid
         _apply_log_levels(config)
         log.info("configuration reloaded from %s", self.config_path)
 
@@ -247,7 +252,7 @@ class Agent:
     def _allowed(self, peer: Peer) -> bool:
         if peer.uid in (0, os.geteuid()):
             return True
-        gid = _group_id(self.config.group)
+        gid = self.gid
         return gid is not None and (peer.gid == gid or gid in _supplementary_groups(peer.pid))
 
     # -- one handshake -------------------------------------------------

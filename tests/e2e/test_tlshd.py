@@ -535,6 +535,16 @@ def test_sighup_reloads_and_a_broken_config_keeps_the_old(agent) -> None:
     test_x509_handshake_succeeds_again(agent)
 
 
+def test_a_reload_naming_an_unknown_group_keeps_the_old_config(agent) -> None:
+    agent.config.write_text(
+        agent.config.read_text().replace("[agent]\n", "[agent]\ngroup=no-such-group\n")
+    )
+    agent.proc.send_signal(signal.SIGHUP)
+    assert wait_for_log(agent, "keeping the old configuration")
+    assert "no-such-group" in agent.log()
+    test_x509_handshake_succeeds_again(agent)
+
+
 def test_socket_override_outlives_a_reload(tmp_path, pki) -> None:
     """An agent started with --socket keeps it across SIGHUP, and on SIGTERM removes its
     own socket, not the one the config names, where another agent may be listening."""
@@ -577,7 +587,9 @@ def test_embedded_agent_serves_this_process(tmp_path, pki) -> None:
 def test_cli_mistakes_are_one_line_errors(tmp_path) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_text("[agent]\nworkers=lots\n")
-    for config in (tmp_path / "missing.conf", bad):
+    no_group = tmp_path / "no-group.conf"
+    no_group.write_text(f"[agent]\nsocket={tmp_path / 'h.sock'}\ngroup=no-such-group\n")
+    for config in (tmp_path / "missing.conf", bad, no_group):
         out = subprocess.run(
             [sys.executable, "-m", "handshake.tlshd.agent", "-c", str(config)],
             capture_output=True,
