@@ -123,7 +123,7 @@ def parse_config(text: str, base_dir: str | os.PathLike = ".") -> AgentConfig:
     try:
         parser.read_string(text)
     except configparser.Error as exc:
-        raise ConfigError(_first_line(exc)) from None
+        raise ConfigError(_syntax_error(exc, text.splitlines())) from None
     reader = _Reader(parser, Path(base_dir))
     keyrings = reader.get("authenticate", "keyrings") or ""
     return AgentConfig(
@@ -140,7 +140,18 @@ def parse_config(text: str, base_dir: str | os.PathLike = ".") -> AgentConfig:
     )
 
 
-def _first_line(exc: Exception) -> str:
+def _syntax_error(exc: configparser.Error, lines: list[str]) -> str:
+    """One line that says where and what: configparser's own message spreads over
+    several lines and names ``<string>`` (the text, not the file) as its source."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: {lines[exc.lineno - 1].strip()!r} comes before any [section]"
+    if isinstance(exc, configparser.ParsingError):
+        lineno = exc.errors[0][0]
+        return f"line {lineno}: {lines[lineno - 1].strip()!r} is neither key=value nor a [section]"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"line {exc.lineno}: section [{exc.section}] already exists"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"line {exc.lineno}: [{exc.section}] {exc.option} is set twice"
     return str(exc).splitlines()[0]
 
 

@@ -92,8 +92,10 @@ def test_check_files_names_unreadable_files(tmp_path) -> None:
         ("[agent]\nworkers=0\n", "[agent] workers=0 is outside"),
         ("[agent]\nsockett=/x\n", "[agent] unknown key 'sockett'"),
         ("[bogus]\n", "unknown section [bogus]"),
-        ("key=value\n", "no section"),
-        ("[debug]\n[debug]\n", "already exists"),
+        ("key=value\n", "line 1: 'key=value' comes before any [section]"),
+        ("[debug]\nloglevel=1\ngarbage\n", "line 3: 'garbage' is neither key=value nor"),
+        ("[debug]\n[debug]\n", "line 2: section [debug] already exists"),
+        ("[debug]\ntls=1\ntls=2\n", "line 3: [debug] tls is set twice"),
         ("[authenticate.server]\nx509.certificate=a.pem\n", "go together"),
         ("[key.a]\ntype=rsa\n", "type must be x509 or psk"),
         ("[key.a]\ntype=x509\n", "needs x509.certificate"),
@@ -116,3 +118,13 @@ def test_load_errors_name_the_file(tmp_path) -> None:
     bad.write_text("[agent]\nworkers=-1\n")
     with pytest.raises(ConfigError, match=str(bad)):
         load_config(bad)
+
+
+def test_syntax_errors_name_the_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[agent]\nworkers=4\nsocket /run/x.sock\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert str(exc.value) == (
+        f"{bad}: line 3: 'socket /run/x.sock' is neither key=value nor a [section]"
+    )
