@@ -19,11 +19,20 @@ from quic.workers import serve_workers
 PLPMTUD_PROBE_INTERVAL = int(PROBE_TIMER * 1_000_000)
 
 
-def split_hostport(value: str) -> tuple[str, int]:
+def split_hostport(value: str, lowest_port: int = 0) -> tuple[str, int]:
+    """HOST:PORT for argparse; port 0 (any free port) only where ``lowest_port`` is 0,
+    as for a listener. Checked here: the socket layer would silently wrap 70000."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if not lowest_port <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be {lowest_port} to 65535, got {port}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def peer_hostport(value: str) -> tuple[str, int]:
+    """A server to connect to: HOST:PORT with a port from 1 to 65535."""
+    return split_hostport(value, lowest_port=1)
 
 
 def missing_file(args: argparse.Namespace) -> str | None:

@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
 from kquic_tools.common import (
@@ -94,16 +94,24 @@ def run_server(args: argparse.Namespace) -> int:
 # client
 
 
+def hq_url(value: str) -> ParseResult:
+    """A URL to fetch, for argparse: it must name a host and a port from 1 to 65535."""
+    url = urlparse(value)
+    try:
+        port = url.port
+    except ValueError:  # outside 0..65535, or not a number
+        port = None
+    if not url.hostname or not port:
+        raise argparse.ArgumentTypeError(f"URL needs a host and a port from 1 to 65535: {value}")
+    return url
+
+
 def run_client(args: argparse.Namespace) -> int:
     """Fetch every URL on one connection; with --resume or --zero-rtt, the first URL on
     one connection and the rest on a second that resumes the first's session (the
     interop runner's resumption and zerortt cases), its requests sent in 0-RTT with
     --zero-rtt."""
-    urls = [urlparse(u) for u in args.urls]
-    first = urls[0]
-    if not first.hostname or not first.port:
-        print(f"kquic-interop: URL needs a host and port: {args.urls[0]}", file=sys.stderr)
-        return 2
+    urls = args.urls
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     batches = [urls[:1], urls[1:]] if (args.resume or args.zero_rtt) and len(urls) > 1 else [urls]
@@ -261,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--retry", action="store_true")
     server.add_argument("--timeout", type=float, default=30.0)
     client = sub.add_parser("client", help="fetch URLs over hq-interop")
-    client.add_argument("urls", nargs="+")
+    client.add_argument("urls", nargs="+", type=hq_url, metavar="URL")
     client.add_argument("--output", required=True)
     trust = client.add_mutually_exclusive_group()
     trust.add_argument("--insecure", action="store_true")

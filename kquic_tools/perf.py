@@ -24,6 +24,7 @@ from kquic_tools.common import (
     enable_plpmtud,
     family_of,
     missing_file,
+    peer_hostport,
     serve_forever,
     split_hostport,
 )
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         help="processes sharing the port, each owning its connections (Linux)",
     )
     client = sub.add_parser("client")
-    client.add_argument("server", type=split_hostport)
+    client.add_argument("server", type=peer_hostport)
     direction = client.add_mutually_exclusive_group(required=True)
     direction.add_argument("--send", type=size, default=0)
     direction.add_argument("--recv", type=size, default=0)

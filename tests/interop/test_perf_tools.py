@@ -44,3 +44,17 @@ def test_kquic_perf_user_mistakes_get_a_message_not_a_traceback(argv) -> None:
     result = run(python("-m", "kquic_tools.perf", *argv))
     assert result.returncode == 2 and "error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["server", "--listen", "127.0.0.1:70000", "--cert", "c.pem", "--key", "k.pem"],
+        ["client", "127.0.0.1:70000", "--recv", "1k"],
+        ["client", "127.0.0.1:0", "--recv", "1k"],
+    ],
+)
+def test_kquic_perf_port_out_of_range_is_a_usage_error(argv) -> None:
+    result = run(python("-m", "kquic_tools.perf", *argv))
+    assert result.returncode == 2 and "to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
