@@ -36,6 +36,9 @@ CIPHERS = {
     "chacha20": uapi.TLS_CIPHER_CHACHA20_POLY1305,
 }
 CHUNK = 1 << 16
+# HTTP/0.9 has no status line: a file the server does not have ends its stream with
+# RESET_STREAM and this application error code, never with an empty body and FIN.
+FILE_NOT_FOUND = 404
 MIGRATE_AFTER = 1 << 20  # bytes of a response before --migrate moves the client
 log = logging.getLogger("kquic.interop")
 
@@ -47,12 +50,20 @@ def respond(conn: QuicSocket, root: Path, sid: int, request: bytes) -> None:
     line = request.decode("ascii", "replace").strip()
     path = line[4:].strip() if line.startswith("GET ") else ""
     target = (root / path.lstrip("/")).resolve()
-    body = b""
     if root in target.parents and target.is_file():
-        body = target.read_bytes()
-    else:
-        log.info("no such file: %r", path)
-    quic_sendmsg(conn, body, sid, uapi.MSG_QUIC_STREAM_FIN)
+        quic_sendmsg(conn, target.read_bytes(), sid, uapi.MSG_QUIC_STREAM_FIN)
+        return
+    log.info("no such file: %r", path)
+    reset = uapi.QuicErrinfo(sid, FILE_NOT_FOUND).pack()
+    conn.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, reset)
+
+
+def directory(value: str) -> Path:
+    """--root, checked at startup: a missing directory would fail every request."""
+    path = Path(value).resolve()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {value}")
+    return path
 
 
 def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
@@ -80,7 +91,6 @@ def serve_connection(conn: QuicSocket, args: argparse.Namespace) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    args.root = Path(args.root).resolve()
     return serve_forever(
         args.listen,
         ALPN,
@@ -92,6 +102,10 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 # client
+
+
+class NotServed(Exception):
+    """Files whose streams the server reset instead of sending them."""
 
 
 def hq_url(value: str) -> ParseResult:
@@ -119,7 +133,7 @@ def run_client(args: argparse.Namespace) -> int:
     try:
         for batch in batches:
             resume = fetch_batch(args, batch, out, resume)
-    except (OSError, HandshakeError) as exc:
+    except (OSError, HandshakeError, NotServed) as exc:
         print(f"kquic-interop: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -147,7 +161,7 @@ def fetch_batch(
         enable_plpmtud(sock)
     try:
         sock.connect((first.hostname, first.port))
-        names = send_requests(sock, urls) if early else {}
+        paths = send_requests(sock, urls) if early else {}
         result = quic_client_handshake(
             sock,
             None,
@@ -163,8 +177,8 @@ def fetch_batch(
         log.info("QUIC version 0x%08x", config.version)
         if resume is not None:
             print(f"resumed: {result.resumed}, 0-RTT accepted: {result.early_data}", flush=True)
-        names = names or send_requests(sock, urls)
-        read_responses(args, sock, names, out)
+        paths = paths or send_requests(sock, urls)
+        read_responses(args, sock, paths, out)
         log_datagram_size(sock)
         if not result.session_data:
             return None
@@ -176,34 +190,44 @@ def fetch_batch(
 
 
 def send_requests(sock: QuicSocket, urls: list) -> dict[int, str]:
-    """One bidirectional stream per URL; the stream ID and the file name it fetches."""
-    names: dict[int, str] = {}
+    """One bidirectional stream per URL; the stream ID and the path it fetches."""
+    paths: dict[int, str] = {}
     for url in urls:
         info = sock.getsockopt(
             uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
         )
         sid = uapi.QuicStreamInfo.unpack(info).stream_id
         quic_sendmsg(sock, f"GET {url.path}\r\n".encode(), sid, uapi.MSG_QUIC_STREAM_FIN)
-        names[sid] = Path(url.path).name
-    return names
+        paths[sid] = url.path
+    return paths
 
 
 def read_responses(
-    args: argparse.Namespace, sock: QuicSocket, names: dict[int, str], out: Path
+    args: argparse.Namespace, sock: QuicSocket, paths: dict[int, str], out: Path
 ) -> None:
-    bodies: dict[int, bytearray] = {sid: bytearray() for sid in names}
+    """Write each file as its stream ends; NotServed, once all have ended, for those
+    the server reset. A reset stream also ends with an empty FIN, so the STREAM_UPDATE
+    event that comes first is what tells a missing file from an empty one."""
+    bodies: dict[int, bytearray] = {sid: bytearray() for sid in paths}
+    not_served: list[str] = []
     update_due, migrate_due = args.key_update, args.migrate
     for wanted, event_type in (
+        (True, uapi.QUIC_EVENT_STREAM_UPDATE),
         (update_due, uapi.QUIC_EVENT_KEY_UPDATE),
         (migrate_due, uapi.QUIC_EVENT_CONNECTION_MIGRATION),
     ):
         if wanted:
             event = uapi.QuicEventOption(event_type, 1).pack()
             sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, event)
-    while names:
+    while paths:
         data, sid, flags = quic_recvmsg(sock, CHUNK)
         if flags & uapi.MSG_QUIC_NOTIFICATION:
-            if data[:1] == bytes((uapi.QUIC_EVENT_KEY_UPDATE,)):
+            if data[:1] == bytes((uapi.QUIC_EVENT_STREAM_UPDATE,)):
+                reset = reset_stream(data[1:])
+                if reset is not None and reset[0] in paths:
+                    del bodies[reset[0]]
+                    not_served.append(f"{paths.pop(reset[0])} (stream reset, error {reset[1]})")
+            elif data[:1] == bytes((uapi.QUIC_EVENT_KEY_UPDATE,)):
                 print(f"key update: both sides on key phase {data[1]}", flush=True)
             elif data[:1] == bytes((uapi.QUIC_EVENT_CONNECTION_MIGRATION,)):
                 print(f"migrated: now on {sock.getsockname()}", flush=True)
@@ -216,7 +240,18 @@ def read_responses(
         if migrate_due and len(bodies[sid]) > MIGRATE_AFTER:
             migrate_due = not start_migration(sock)
         if flags & uapi.MSG_QUIC_STREAM_FIN:
-            (out / names.pop(sid)).write_bytes(bodies.pop(sid))
+            (out / Path(paths.pop(sid)).name).write_bytes(bodies.pop(sid))
+    if not_served:
+        raise NotServed("the server did not send " + ", ".join(not_served))
+
+
+def reset_stream(update: bytes) -> tuple[int, int] | None:
+    """(stream ID, application error code) if a STREAM_UPDATE event reports that the
+    peer reset a stream."""
+    info = uapi.QuicStreamUpdate.unpack(update)
+    if info.state != uapi.QUIC_STREAM_RECV_STATE_RESET_RECVD:
+        return None
+    return info.id, info.errcode
 
 
 def log_datagram_size(sock: QuicSocket) -> None:
@@ -263,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="role", required=True)
     server = sub.add_parser("server", help="serve files over hq-interop")
     server.add_argument("--listen", type=split_hostport, default=("0.0.0.0", 443))
-    server.add_argument("--root", required=True)
+    server.add_argument("--root", type=directory, required=True)
     server.add_argument("--cert", required=True)
     server.add_argument("--key", required=True)
     server.add_argument("--retry", action="store_true")

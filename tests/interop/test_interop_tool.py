@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.interop.conftest import python, run
+from tests.interop.conftest import check_files, env, kquic_client, kquic_server, python, run
 
 
 @pytest.mark.parametrize(
@@ -21,4 +23,22 @@ def test_a_url_without_a_usable_port_is_a_usage_error(tmp_path, url) -> None:
         python("-m", "kquic_tools.interop", "client", url, "--output", str(tmp_path), "--insecure")
     )
     assert result.returncode == 2 and "port from 1 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_file_fails_the_client_and_leaves_no_file(
+    pki, www, tmp_path, start_server
+) -> None:
+    server = start_server(kquic_server(pki, www))
+    result = run(kquic_client(server.port, ["small.txt", "missing.txt"], tmp_path, pki))
+    assert result.returncode == 1
+    assert "/missing.txt (stream reset, error 404)" in result.stderr
+    assert not (tmp_path / "missing.txt").exists()
+    check_files(www, tmp_path, ["small.txt"])
+
+
+def test_a_root_that_is_not_a_directory_is_a_usage_error(pki, tmp_path) -> None:
+    argv = kquic_server(pki, tmp_path / "nowhere")
+    result = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=30)
+    assert result.returncode == 2 and "no such directory" in result.stderr
     assert "Traceback" not in result.stderr
