@@ -17,6 +17,7 @@ import json
 import sys
 import threading
 import time
+from decimal import Decimal, InvalidOperation
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
 from kquic_tools.common import (
@@ -36,16 +37,28 @@ ALPN = "perf"
 CHUNK = 1 << 16
 BLOCK = bytes(CHUNK)
 SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MAX_SIZE = (1 << 62) - 1  # the largest stream offset QUIC can express
 
 
 def size(value: str) -> int:
-    value = value.strip().lower()
-    scale = SUFFIXES.get(value[-1:], 1)
-    number = value[:-1] if value[-1:] in SUFFIXES else value
+    """A byte count, optionally with k, m or g (KiB, MiB, GiB): a whole number of bytes
+    that one stream can carry. Decimal keeps 1e20 and 1.5k exact where float would not."""
+    text = value.strip().lower()
+    scale = SUFFIXES.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in SUFFIXES else text
     try:
-        return int(float(number) * scale)
-    except ValueError:
+        amount = Decimal(number) * scale
+    except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not a size: {value!r}") from None
+    if (
+        not amount.is_finite()
+        or amount != amount.to_integral_value()
+        or not 0 <= amount <= MAX_SIZE
+    ):
+        raise argparse.ArgumentTypeError(
+            f"a size is a whole number of bytes, 0 to 2^62-1: {value!r}"
+        )
+    return int(amount)
 
 
 def send_zeros(sock: QuicSocket, sid: int, total: int) -> None:
@@ -118,7 +131,7 @@ def run_client(args: argparse.Namespace) -> int:
         )
         handshake = time.monotonic() - t0
         start = time.monotonic()
-        per_up, per_down = args.send // args.streams, args.recv // args.streams
+        per_up, per_down = (args.send or 0) // args.streams, (args.recv or 0) // args.streams
         sids = []
         for _ in range(args.streams):
             info = sock.getsockopt(
@@ -181,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     client = sub.add_parser("client")
     client.add_argument("server", type=peer_hostport)
     direction = client.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--send", type=size, default=0)
-    direction.add_argument("--recv", type=size, default=0)
+    # No default: argparse takes a value equal to the default for no value at all, so
+    # with default=0 an explicit --send 0 would count as neither option given.
+    direction.add_argument("--send", type=size)
+    direction.add_argument("--recv", type=size)
     client.add_argument("--streams", type=int, default=1)
     trust = client.add_mutually_exclusive_group()
     trust.add_argument("--insecure", action="store_true")

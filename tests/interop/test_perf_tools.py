@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from kquic_tools.perf import size
 from tests.interop.conftest import perf_commands, python, run
 
 
@@ -24,6 +25,25 @@ def test_kquic_perf_moves_the_bytes(pki, start_server, direction, streams) -> No
     assert {"seconds", "MBps", "handshake_ms", "cpu_seconds"} <= set(figures)
 
 
+@pytest.mark.parametrize("direction", ["send", "recv"])
+def test_kquic_perf_zero_bytes_is_a_handshake_and_an_empty_stream(
+    pki, start_server, direction
+) -> None:
+    server_argv, client_argv = perf_commands("kquic", pki, direction, 0)
+    server = start_server(server_argv)
+    assert report(run(client_argv(server.port)))["bytes"] == 0
+
+
+def test_kquic_perf_sizes() -> None:
+    assert [size(v) for v in ("0", "1.5k", "2M", "1e3", str((1 << 62) - 1))] == [
+        0,
+        1536,
+        2 << 20,
+        1000,
+        (1 << 62) - 1,
+    ]
+
+
 def test_aioquic_perf_client_against_kquic_perf_server(pki, start_server) -> None:
     server_argv, _ = perf_commands("kquic", pki, "recv", 1 << 20)
     server = start_server(server_argv)
@@ -38,6 +58,12 @@ def test_aioquic_perf_client_against_kquic_perf_server(pki, start_server) -> Non
         ["server", "--cert", "/nonexistent.pem", "--key", "/nonexistent.key", "--workers", "0"],
         ["client", "127.0.0.1:4433", "--recv", "1k", "--ca", "/nonexistent.pem"],
         ["client", "127.0.0.1:4433", "--recv", "lots"],
+        ["client", "127.0.0.1:4433", "--send", "-5"],
+        ["client", "127.0.0.1:4433", "--send", "0.5"],
+        ["client", "127.0.0.1:4433", "--recv", "1e20"],
+        ["client", "127.0.0.1:4433", "--send", "inf"],
+        ["client", "127.0.0.1:4433", "--send", "nan"],
+        ["client", "127.0.0.1:4433", "--send", "4294967296g"],
     ],
 )
 def test_kquic_perf_user_mistakes_get_a_message_not_a_traceback(argv) -> None:
