@@ -104,7 +104,14 @@ def run_server(args: argparse.Namespace) -> int:
     )
 
 
-def one_stream(sock: QuicSocket, sid: int, upload: int, download: int) -> None:
+def one_stream(sock: QuicSocket, upload: int, download: int) -> None:
+    """Open a stream and make its request. Opened here, not before the writers start:
+    a blocking open waits for the peer's MAX_STREAMS while earlier streams finish, so
+    --streams may exceed the peer's limit (100 for a kquic server)."""
+    info = sock.getsockopt(
+        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+    )
+    sid = uapi.QuicStreamInfo.unpack(info).stream_id
     quic_sendmsg(sock, download.to_bytes(8, "big"), sid, 0)
     send_zeros(sock, sid, upload)
 
@@ -132,24 +139,18 @@ def run_client(args: argparse.Namespace) -> int:
         handshake = time.monotonic() - t0
         start = time.monotonic()
         per_up, per_down = (args.send or 0) // args.streams, (args.recv or 0) // args.streams
-        sids = []
-        for _ in range(args.streams):
-            info = sock.getsockopt(
-                uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
-            )
-            sids.append(uapi.QuicStreamInfo.unpack(info).stream_id)
         writers = [
-            threading.Thread(target=one_stream, args=(sock, sid, per_up, per_down), daemon=True)
-            for sid in sids
+            threading.Thread(target=one_stream, args=(sock, per_up, per_down), daemon=True)
+            for _ in range(args.streams)
         ]
         for writer in writers:
             writer.start()
-        received, open_streams = 0, set(sids)
-        while open_streams:
-            data, sid, flags = quic_recvmsg(sock, CHUNK)
+        received, finished = 0, 0
+        while finished < args.streams:  # the server ends each stream once
+            data, _, flags = quic_recvmsg(sock, CHUNK)
             received += len(data)
             if flags & uapi.MSG_QUIC_STREAM_FIN:
-                open_streams.discard(sid)
+                finished += 1
         for writer in writers:
             writer.join(60)
         seconds = time.monotonic() - start
