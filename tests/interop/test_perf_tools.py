@@ -4,10 +4,16 @@ several streams. The figures are printed by bench/suite.py, never asserted here.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
+from handshake.libquic import quic_server_handshake
+from kquic_tools import perf
 from kquic_tools.perf import size
+from quic import uapi
+from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
 from tests.interop.conftest import perf_commands, python, run
 
 
@@ -88,3 +94,49 @@ def test_kquic_perf_port_out_of_range_is_a_usage_error(argv) -> None:
     result = run(python("-m", "kquic_tools.perf", *argv))
     assert result.returncode == 2 and "to 65535" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class ShortTimeoutSocket(QuicSocket):
+    """Any socket timeout the client sets, cut to 0.3 s: a transfer of a second then
+    outlasts it as a long upload outlasts a timeout of a minute."""
+
+    def settimeout(self, timeout: float | None) -> None:
+        super().settimeout(None if timeout is None else min(timeout, 0.3))
+
+
+def answer_slowly(listener: QuicSocket, pki) -> None:
+    """A perf server that takes a second over its answer to a client's upload."""
+    conn, _ = listener.accept()
+    conn.settimeout(10)
+    try:
+        quic_server_handshake(conn, str(pki.server_key), str(pki.server_cert), "perf")
+        for _ in range(10_000):
+            _, sid, flags = quic_recvmsg(conn, 1 << 16)
+            if flags & uapi.MSG_QUIC_STREAM_FIN:
+                break
+        time.sleep(1.0)
+        quic_sendmsg(conn, b"", sid, uapi.MSG_QUIC_STREAM_FIN)
+        for _ in range(10_000):
+            quic_recvmsg(conn, 1 << 16)  # until the client closes
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def test_kquic_perf_transfer_outlasting_a_socket_timeout_succeeds(pki, monkeypatch, capsys) -> None:
+    listener = QuicSocket()
+    listener.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, b"perf")
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = threading.Thread(target=answer_slowly, args=(listener, pki), daemon=True)
+    server.start()
+    monkeypatch.setattr(perf, "QuicSocket", ShortTimeoutSocket)
+    port = listener.getsockname()[1]
+    trust = ["--ca", str(pki.ca), "--server-name", "server.test"]
+    try:
+        assert perf.main(["client", f"127.0.0.1:{port}", "--send", "100k", *trust]) == 0
+    finally:
+        listener.close()
+        server.join(10)
+    assert json.loads(capsys.readouterr().out)["bytes"] == 100 << 10
