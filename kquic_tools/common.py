@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from quic.workers import serve_workers
 # --plpmtud's probe interval (µs): RFC 8899's recommended PROBE_TIMER. Probes lost on
 # a busy path are found sooner by loss detection; the timer only bounds the wait.
 PLPMTUD_PROBE_INTERVAL = int(PROBE_TIMER * 1_000_000)
+# A client's exit status after Ctrl-C: what a shell reports for a command SIGINT killed.
+INTERRUPTED = 128 + signal.SIGINT
 
 
 def split_hostport(value: str, lowest_port: int = 0) -> tuple[str, int]:

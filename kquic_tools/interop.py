@@ -19,6 +19,7 @@ from urllib.parse import ParseResult, urlparse
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
 from kquic_tools.common import (
+    INTERRUPTED,
     add_plpmtud_flag,
     enable_plpmtud,
     family_of,
@@ -185,6 +186,9 @@ def fetch_batch(
         remote = uapi.QuicTransportParam(remote=1).pack()
         params = sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TRANSPORT_PARAM, remote)
         return result.session_data, params
+    except KeyboardInterrupt:
+        sock.settimeout(0)  # close at once: no lingering to deliver what is unsent
+        raise
     finally:
         sock.close()
 
@@ -329,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"kquic-interop: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

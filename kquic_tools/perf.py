@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 
 from handshake.libquic import HandshakeError, quic_client_handshake, quic_server_handshake
 from kquic_tools.common import (
+    INTERRUPTED,
     add_plpmtud_flag,
     enable_plpmtud,
     family_of,
@@ -108,12 +109,15 @@ def one_stream(sock: QuicSocket, upload: int, download: int) -> None:
     """Open a stream and make its request. Opened here, not before the writers start:
     a blocking open waits for the peer's MAX_STREAMS while earlier streams finish, so
     --streams may exceed the peer's limit (100 for a kquic server)."""
-    info = sock.getsockopt(
-        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
-    )
-    sid = uapi.QuicStreamInfo.unpack(info).stream_id
-    quic_sendmsg(sock, download.to_bytes(8, "big"), sid, 0)
-    send_zeros(sock, sid, upload)
+    try:
+        info = sock.getsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_OPEN, uapi.QuicStreamInfo(-1, 0).pack()
+        )
+        sid = uapi.QuicStreamInfo.unpack(info).stream_id
+        quic_sendmsg(sock, download.to_bytes(8, "big"), sid, 0)
+        send_zeros(sock, sid, upload)
+    except OSError:
+        pass  # the connection is gone: the reader says why
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -160,6 +164,9 @@ def run_client(args: argparse.Namespace) -> int:
     except (OSError, HandshakeError) as exc:
         print(f"kquic-perf: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        sock.settimeout(0)  # close at once: no lingering to deliver what is unsent
+        raise
     finally:
         sock.close()
     moved = per_up * args.streams + received
@@ -222,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"kquic-perf: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

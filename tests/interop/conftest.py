@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -290,3 +291,49 @@ def aioquic_client(port: int, names, out: Path, pki, *extra: str) -> list[str]:
         str(pki.ca),
         *extra,
     )
+
+
+class SilentServer:
+    """An in-process QUIC server for ``alpn`` that completes one handshake, then reads
+    and answers nothing: a client blocked mid-transfer, for as long as a test wants.
+    ``handshaken`` is set once the handshake is done."""
+
+    def __init__(self, pki, alpn: str) -> None:
+        from handshake.libquic import quic_server_handshake
+        from quic import uapi
+        from quic.socket import QuicSocket
+
+        self.listener = QuicSocket()
+        self.listener.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN, alpn.encode())
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.handshaken = threading.Event()
+        self.closed = threading.Event()
+
+        def serve() -> None:
+            conn, _ = self.listener.accept()
+            try:
+                quic_server_handshake(conn, str(pki.server_key), str(pki.server_cert), alpn)
+                self.handshaken.set()
+                self.closed.wait(30)
+            finally:
+                conn.close()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        self.thread.join(10)
+
+
+def interrupt_after_handshake(argv: list[str], server: SilentServer) -> subprocess.Popen:
+    """Start a client, and press Ctrl-C (SIGINT) once ``server`` has its handshake."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT
+    )
+    if server.handshaken.wait(30):
+        proc.send_signal(signal.SIGINT)
+    return proc

@@ -6,7 +6,16 @@ import subprocess
 
 import pytest
 
-from tests.interop.conftest import check_files, env, kquic_client, kquic_server, python, run
+from tests.interop.conftest import (
+    SilentServer,
+    check_files,
+    env,
+    interrupt_after_handshake,
+    kquic_client,
+    kquic_server,
+    python,
+    run,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,3 +51,19 @@ def test_a_root_that_is_not_a_directory_is_a_usage_error(pki, tmp_path) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=30)
     assert result.returncode == 2 and "no such directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_client_ctrl_c_exits_quietly(pki, tmp_path) -> None:
+    server = SilentServer(pki, "hq-interop")
+    url = f"https://127.0.0.1:{server.port}/small.txt"
+    argv = python(
+        "-m", "kquic_tools.interop", "client", url, "--output", str(tmp_path), "--insecure"
+    )
+    proc = interrupt_after_handshake(argv, server)
+    try:
+        _, stderr = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+        server.close()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr

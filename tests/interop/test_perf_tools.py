@@ -14,7 +14,13 @@ from kquic_tools import perf
 from kquic_tools.perf import size
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
-from tests.interop.conftest import perf_commands, python, run
+from tests.interop.conftest import (
+    SilentServer,
+    interrupt_after_handshake,
+    perf_commands,
+    python,
+    run,
+)
 
 
 def report(result) -> dict:
@@ -140,3 +146,20 @@ def test_kquic_perf_transfer_outlasting_a_socket_timeout_succeeds(pki, monkeypat
         listener.close()
         server.join(10)
     assert json.loads(capsys.readouterr().out)["bytes"] == 100 << 10
+
+
+def test_kquic_perf_client_ctrl_c_exits_quietly_at_once(pki) -> None:
+    """Mid-upload, with data the server has not acknowledged: close() would linger
+    up to 10 s for it, which a user who pressed Ctrl-C does not want."""
+    server = SilentServer(pki, "perf")
+    argv = python(
+        "-m", "kquic_tools.perf", "client", f"127.0.0.1:{server.port}", "--send", "1g", "--insecure"
+    )
+    proc = interrupt_after_handshake(argv, server)
+    try:
+        _, stderr = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+        server.close()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
