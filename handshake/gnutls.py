@@ -94,6 +94,7 @@ GNUTLS_E_AGAIN = -28
 GNUTLS_E_INVALID_REQUEST = -50
 GNUTLS_E_INTERRUPTED = -52
 GNUTLS_E_CERTIFICATE_ERROR = -43
+GNUTLS_E_NO_CERTIFICATE_FOUND = -49
 GNUTLS_E_INTERNAL_ERROR = -59
 GNUTLS_E_USER_ERROR = -320
 GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR = -348
@@ -391,11 +392,17 @@ class CertificateCredentials(_Freeable):
         del cbuf, kbuf
 
     def set_trust_file(self, ca_file: str) -> int:
-        return _check(
+        """The number of certificates loaded. A file that yields none (not PEM, or no
+        certificate in it) is an error here: GnuTLS accepts it, and every verification
+        then fails with "The certificate issuer is unknown", naming no file."""
+        n = _check(
             _lib.gnutls_certificate_set_x509_trust_file(
                 self.ptr, ca_file.encode(), GNUTLS_X509_FMT_PEM
             )
         )
+        if n == 0:
+            raise GnutlsError(GNUTLS_E_NO_CERTIFICATE_FOUND, f"no certificate in {ca_file}")
+        return n
 
     def set_trust_mem(self, ca_pem: bytes) -> int:
         ca, buf = _datum(ca_pem)
