@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from handshake import gnutls
 from quic import uapi
 from quic.path import PROBE_TIMER
 from quic.socket import QuicSocket
@@ -45,6 +46,29 @@ def missing_file(args: argparse.Namespace) -> str | None:
         value = getattr(args, name, None)
         if value and not Path(value).is_file():
             return f"--{name}: no such file: {value}"
+    return None
+
+
+def unusable_credentials(args: argparse.Namespace) -> str | None:
+    """What GnuTLS finds wrong with --cert and --key (not PEM, not a key, not a pair)
+    or --ca (no certificate in it), loading them as every handshake will: a server
+    would otherwise print ``ready`` and fail each handshake, and a client fail with a
+    TLS error that names no file."""
+    cert, key, ca = (getattr(args, name, None) for name in ("cert", "key", "ca"))
+    creds = gnutls.CertificateCredentials()
+    try:
+        if cert:
+            try:
+                creds.set_key_file(cert, key or cert)
+            except gnutls.GnutlsError as exc:
+                return f"--cert {cert} --key {key}: {exc}"
+        if ca:
+            try:
+                creds.set_trust_file(ca)
+            except gnutls.GnutlsError as exc:
+                return f"--ca {ca}: {exc}"
+    finally:
+        creds.close()
     return None
 
 

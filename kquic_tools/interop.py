@@ -26,6 +26,7 @@ from kquic_tools.common import (
     missing_file,
     serve_forever,
     split_hostport,
+    unusable_credentials,
 )
 from quic import uapi
 from quic.socket import QuicSocket, quic_recvmsg, quic_sendmsg
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         add_plpmtud_flag(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    problem = missing_file(args)
+    problem = missing_file(args) or unusable_credentials(args)
     if problem:
         print(f"kquic-interop: {problem}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from kquic_tools.common import (
     peer_hostport,
     serve_forever,
     split_hostport,
+    unusable_credentials,
 )
 from quic import uapi
 from quic.reuseport import MAX_WORKERS
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "client" and args.streams < 1:
         parser.error("--streams must be at least 1")
-    problem = missing_file(args)
+    problem = missing_file(args) or unusable_credentials(args)
     if problem:
         parser.error(problem)
     if args.role == "server" and not 1 <= args.workers <= MAX_WORKERS:

@@ -337,3 +337,15 @@ def interrupt_after_handshake(argv: list[str], server: SilentServer) -> subproce
     if server.handshaken.wait(30):
         proc.send_signal(signal.SIGINT)
     return proc
+
+
+def credential_mistakes(pki, tmp_path) -> list[tuple[list[str], str]]:
+    """Server and client options GnuTLS refuses, and words of the error each gets."""
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    return [
+        (["--cert", str(pki.server_cert), "--key", str(pki.client_key)], "do not match"),
+        (["--cert", str(not_pem), "--key", str(pki.server_key)], f"--cert {not_pem}"),
+        (["--cert", str(pki.server_cert), "--key", str(not_pem)], f"--key {not_pem}"),
+        (["--ca", "/etc/passwd"], "no certificate in /etc/passwd"),
+    ]

@@ -9,6 +9,7 @@ import pytest
 from tests.interop.conftest import (
     SilentServer,
     check_files,
+    credential_mistakes,
     env,
     interrupt_after_handshake,
     kquic_client,
@@ -67,3 +68,20 @@ def test_client_ctrl_c_exits_quietly(pki, tmp_path) -> None:
         server.close()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
+
+
+def test_credentials_gnutls_cannot_use_are_refused_at_startup(pki, tmp_path) -> None:
+    for options, words in credential_mistakes(pki, tmp_path):
+        if options[0] == "--ca":
+            argv = ["client", "https://127.0.0.1:4433/x", "--output", str(tmp_path), *options]
+        else:
+            argv = ["server", "--listen", "127.0.0.1:0", "--root", str(tmp_path), *options]
+        result = subprocess.run(
+            python("-m", "kquic_tools.interop", *argv),
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=20,
+        )
+        assert result.returncode == 2 and words in result.stderr, (argv, result.stderr)
+        assert "ready" not in result.stdout and "Traceback" not in result.stderr
