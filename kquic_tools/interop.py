@@ -1,17 +1,22 @@
-"""kquic-interop: an hq-interop (HTTP/0.9 over QUIC) server and client, following the
-QUIC interop runner's conventions: the client sends ``GET /path\\r\\n`` on a new
-bidirectional stream with FIN; the server answers with the file and FIN.
+"""kquic-interop: an hq-interop (HTTP/0.9 over QUIC) server and client.
 
-    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE [--plpmtud]
-    kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--version 1|2]
-                         [--cipher aes128gcm|aes256gcm|chacha20] [--key-update]
-                         [--resume | --zero-rtt] [--migrate] [--plpmtud]
+It follows the QUIC interop runner's conventions: the client sends ``GET /path\\r\\n``
+on a new bidirectional stream with FIN; the server answers with the file and FIN, or
+resets the stream for a file it does not have.
+
+    kquic-interop server --listen HOST:PORT --root DIR --cert FILE --key FILE [--retry]
+                         [--timeout SECONDS] [--plpmtud]
+    kquic-interop client URL... --output DIR [--insecure | --ca FILE] [--server-name NAME]
+                         [--version 1|2] [--cipher aes128gcm|aes256gcm|chacha20]
+                         [--key-update] [--resume | --zero-rtt] [--migrate]
+                         [--timeout SECONDS] [--plpmtud]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import threading
 from pathlib import Path
@@ -58,6 +63,18 @@ def respond(conn: QuicSocket, root: Path, sid: int, request: bytes) -> None:
     log.info("no such file: %r", path)
     reset = uapi.QuicErrinfo(sid, FILE_NOT_FOUND).pack()
     conn.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, reset)
+
+
+def seconds(value: str) -> float:
+    """--timeout: a positive, finite number of seconds; 0 or less would fail every wait
+    at once, and infinity is what the idle timeout is for."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return number
 
 
 def directory(value: str) -> Path:
@@ -307,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--cert", required=True)
     server.add_argument("--key", required=True)
     server.add_argument("--retry", action="store_true")
-    server.add_argument("--timeout", type=float, default=30.0)
+    server.add_argument("--timeout", type=seconds, default=30.0)
     client = sub.add_parser("client", help="fetch URLs over hq-interop")
     client.add_argument("urls", nargs="+", type=hq_url, metavar="URL")
     client.add_argument("--output", required=True)
@@ -319,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--cipher", choices=sorted(CIPHERS))
     for flag in ("--resume", "--zero-rtt", "--key-update", "--migrate"):
         client.add_argument(flag, action="store_true")
-    client.add_argument("--timeout", type=float, default=30.0)
+    client.add_argument("--timeout", type=seconds, default=30.0)
     for sub_parser in (server, client):
         sub_parser.add_argument("--qlog", metavar="DIR", help="write one qlog file per connection")
         add_plpmtud_flag(sub_parser)

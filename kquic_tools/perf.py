@@ -1,8 +1,8 @@
 """kquic-perf: bulk transfer measurement over one or more streams.
 
     kquic-perf server --listen HOST:PORT --cert FILE --key FILE [--plpmtud] [--workers N]
-    kquic-perf client HOST:PORT (--send SIZE | --recv SIZE) [--streams N] [--insecure | --ca FILE]
-                      [--plpmtud]
+    kquic-perf client HOST:PORT (--send SIZE | --recv SIZE) [--streams N]
+                      [--insecure | --ca FILE] [--server-name NAME] [--plpmtud]
 
 Protocol (ALPN "perf"): on each stream the client sends 8 bytes, the big-endian size it
 wants back (0 for an upload), then its upload, then FIN; the server answers with that

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from kquic_tools import interop
 from tests.interop.conftest import (
     SilentServer,
     check_files,
@@ -85,3 +86,18 @@ def test_credentials_gnutls_cannot_use_are_refused_at_startup(pki, tmp_path) -> 
         )
         assert result.returncode == 2 and words in result.stderr, (argv, result.stderr)
         assert "ready" not in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "inf", "nan", "soon"])
+def test_timeout_must_be_a_positive_number(tmp_path, capsys, timeout) -> None:
+    argv = ["client", "https://127.0.0.1:4433/x", "--output", str(tmp_path), "--insecure"]
+    with pytest.raises(SystemExit) as exc:
+        interop.main([*argv, "--timeout", timeout])
+    assert exc.value.code == 2
+    assert "positive number of seconds" in capsys.readouterr().err
+
+
+def test_help_describes_the_tool_in_a_whole_sentence(capsys) -> None:
+    with pytest.raises(SystemExit):
+        interop.main(["--help"])
+    assert "server and client." in capsys.readouterr().out
