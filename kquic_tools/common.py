@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import logging
 import signal
 import socket
 import threading
@@ -16,9 +17,12 @@ from quic.path import PROBE_TIMER
 from quic.socket import QuicSocket
 from quic.workers import serve_workers
 
+log = logging.getLogger(__name__)
+
 # --plpmtud's probe interval (µs): RFC 8899's recommended PROBE_TIMER. Probes lost on
 # a busy path are found sooner by loss detection; the timer only bounds the wait.
 PLPMTUD_PROBE_INTERVAL = int(PROBE_TIMER * 1_000_000)
+
 # A client's exit status after Ctrl-C: what a shell reports for a command SIGINT killed.
 INTERRUPTED = 128 + signal.SIGINT
 
@@ -148,13 +152,23 @@ def _accept_forever(srv: QuicSocket, handle: Callable[[QuicSocket], None]) -> in
     closed = threading.Event()
 
     def acceptor() -> None:
-        try:
-            conn, _ = srv.accept()
-        except OSError:
-            closed.set()  # the listener is closed
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                closed.set()  # the listener is closed
+                return
+            try:
+                _thread.start_new_thread(acceptor, ())
+            except RuntimeError as exc:
+                # No thread to spare (a thread or memory limit): this one handles the
+                # connection and then accepts again, so the server slows down under
+                # load but never stops accepting.
+                log.warning("no thread for the next acceptor (%s): accepting in turn", exc)
+                handle(conn)
+                continue
+            handle(conn)
             return
-        _thread.start_new_thread(acceptor, ())
-        handle(conn)
 
     try:
         _thread.start_new_thread(acceptor, ())

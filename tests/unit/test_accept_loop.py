@@ -54,3 +54,37 @@ def test_connections_are_handled_at_once_and_side_by_side() -> None:
     srv.close()
     loop.join(TIMEOUT)
     assert not loop.is_alive() and srv.closed
+
+
+def test_without_a_thread_to_spare_the_acceptor_accepts_in_turn(monkeypatch) -> None:
+    """When no thread can be started for the next acceptor, the one that accepted
+    handles its connection and then accepts again: slower, but the server goes on."""
+    import _thread
+
+    from kquic_tools import common
+
+    started = []
+    real_start = _thread.start_new_thread
+
+    def start_once(func, args):
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(func)
+        return real_start(func, args)
+
+    monkeypatch.setattr(common._thread, "start_new_thread", start_once)
+    srv = Listener()
+    handled: list[str] = []
+    loop = threading.Thread(target=_accept_forever, args=(srv, handled.append), daemon=True)
+    loop.start()
+    for conn in ("a", "b", "c"):
+        srv.pending.put(conn)
+    deadline = threading.Event()
+    for _ in range(100):
+        if len(handled) == 3:
+            break
+        deadline.wait(0.05)
+    assert handled == ["a", "b", "c"]
+    srv.close()
+    loop.join(TIMEOUT)
+    assert not loop.is_alive()
