@@ -584,9 +584,17 @@ class Connection:
             # RFC 9001 §4.1.2: the server's handshake is confirmed once complete.
             self.handshake_done_pending = True
             self._confirm_handshake()
-            if self.config.new_token is not None:
-                self._queue_control(NewToken(self.config.new_token()))
+            self.send_new_token()
         self._issue_connection_ids()
+
+    def send_new_token(self) -> bool:
+        """Server: a NEW_TOKEN (RFC 9000 §8.1.3) for the client's next connection, as
+        every handshake ends with and QUIC_SOCKOPT_TOKEN set asks for again. False when
+        there is no token to give: a client's connection, or no token source."""
+        if self.is_client or self.config.new_token is None:
+            return False
+        self._queue_control(NewToken(self.config.new_token()))
+        return True
 
     def _confirm_handshake(self) -> None:
         """RFC 9001 §4.9.2: Handshake keys go once the handshake is confirmed."""

@@ -263,7 +263,7 @@ class QuicSocket:
             try:
                 self.tunnel = get_tunnel(self._resolve(address), CID_LENGTH)
             except OSError as exc:
-                raise _err(exc.errno or errno.EADDRINUSE, str(exc)) from None
+                raise _err(exc.errno or errno.EADDRINUSE, exc.strerror) from None
 
     def listen(self, backlog: int = DEFAULT_BACKLOG) -> None:
         with self._lock:
@@ -1279,9 +1279,13 @@ class QuicSocket:
         return dataclasses.replace(self.config, version=self.conn.version).pack()
 
     def _set_token(self, value: bytes) -> None:
+        """Client: the token for the next Initial. Server, established, with no value:
+        send the client another NEW_TOKEN (reference §1.3 #10)."""
         conn = self.conn
         if conn is not None and not conn.is_client:
-            raise ValueError("NEW_TOKEN from the server arrives with address validation")
+            if value or conn.state != ESTABLISHED or not conn.send_new_token():
+                raise ValueError("a server sends NEW_TOKEN: optlen 0, once established")
+            return
         if len(value) > uapi.QUIC_TOKEN_MAX_LEN:
             raise ValueError("token too long")
         self.token = value

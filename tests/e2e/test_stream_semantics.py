@@ -332,3 +332,29 @@ def test_a_second_reset_is_einval_and_a_second_stop_sending_eagain(connected) ->
     with pytest.raises(OSError) as info:
         child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_STOP_SENDING, stop)
     assert info.value.errno == errno.EAGAIN
+
+
+def test_a_server_sends_another_new_token_on_request(connected) -> None:
+    """Reference §1.3 #10: a server's TOKEN set with optlen 0, once established, sends
+    a NEW_TOKEN; with a value, or on a client's connection, it is EINVAL."""
+    cli, child = connected()
+
+    def client_token() -> bytes:
+        return cli.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, 256)
+
+    first = b""
+    for _ in range(100):  # the handshake's own NEW_TOKEN comes a round trip later
+        first = client_token()
+        if first:
+            break
+        time.sleep(0.02)
+    assert first
+    child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, b"")
+    for _ in range(100):
+        if client_token() != first:
+            break
+        time.sleep(0.02)
+    assert client_token() not in (b"", first)
+    with pytest.raises(OSError) as info:
+        child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, b"x")
+    assert info.value.errno == errno.EINVAL
