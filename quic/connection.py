@@ -91,6 +91,8 @@ from .stream import (
     StreamLimitError,
     StreamManager,
     StreamStateError,
+    make_stream_id,
+    stream_is_uni,
 )
 from .stream import Stream as QuicStream  # .frame's Stream is the STREAM frame
 from .transport_params import (
@@ -1210,17 +1212,25 @@ class Connection:
             del pending[:end]
 
     def _on_stream(self, frame: Stream, level: int, now: float) -> bool:
+        uni = stream_is_uni(frame.stream_id)
+        opened = self.streams.next_peer[uni]
         stream = self.streams.get_or_create_peer(frame.stream_id, FrameType.STREAM)
         if stream is None:
             return True  # a late retransmission for a stream already closed
+        if self.streams.next_peer[uni] != opened:
+            self._notify_opened(uni, opened)
         if stream.recv is None:
             raise QuicError(
                 TransportError.STREAM_STATE_ERROR, FrameType.STREAM, "stream is send-only"
             )
-        new = stream.recv.on_frame(frame.offset, frame.data, frame.fin)
+        recv = stream.recv
+        before = recv.state
+        new = recv.on_frame(frame.offset, frame.data, frame.fin)
         self.flow_recv.on_received(new)
-        if stream.recv.readable or stream.recv.fin_ready:
+        if recv.readable or recv.fin_ready:
             self.readable[frame.stream_id] = None
+        if recv.state != before:  # Size Known, Data Recvd (RFC 9000 §3.2)
+            self._notify_stream(frame.stream_id, recv.state, 0, recv.final_size or 0)
         return True
 
     def _on_reset_stream(self, frame: ResetStream, level: int, now: float) -> bool:
@@ -1608,6 +1618,30 @@ class Connection:
             self.crypto[rec[1]].on_acked(rec[2], rec[3])
         elif kind == REC_PMTU_PROBE and self.plpmtud.on_probe_acked(rec[1]):
             self._set_max_datagram_size(self.plpmtud.plpmtu)
+        elif kind == REC_CONTROL and type(rec[1]) is ResetStream:
+            self._reset_acked(rec[1])
+
+    def _notify_opened(self, uni: bool, first: int) -> None:
+        """STREAM_UPDATE Recv for each stream the peer has just opened, the ones below
+        the frame's stream included (RFC 9000 §3.2: opening one opens those)."""
+        if not self.config.event_mask & (1 << uapi.QUIC_EVENT_STREAM_UPDATE):
+            return
+        for index in range(first, self.streams.next_peer[uni]):
+            sid = make_stream_id(index, uni, self.is_client)  # the peer's: server if we are not
+            self._notify_stream(sid, uapi.QUIC_STREAM_RECV_STATE_RECV, 0, 0)
+
+    def _reset_acked(self, frame: ResetStream) -> None:
+        """The peer has our RESET_STREAM: the send half is Reset Recvd (RFC 9000 §3.1),
+        which STREAM_UPDATE reports. The stream object may be forgotten by now."""
+        stream = self.streams.get(frame.stream_id)
+        if stream is not None and stream.send is not None:
+            stream.send.on_reset_acked()
+        self._notify_stream(
+            frame.stream_id,
+            uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD,
+            frame.error_code,
+            frame.final_size,
+        )
 
     def _stream_acked(self, stream: QuicStream, offset: int, length: int, fin: bool) -> None:
         stream.send.on_acked(offset, length, fin)

@@ -358,3 +358,34 @@ def test_a_server_sends_another_new_token_on_request(connected) -> None:
     with pytest.raises(OSError) as info:
         child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_TOKEN, b"x")
     assert info.value.errno == errno.EINVAL
+
+
+def stream_updates(sock: QuicSocket, until) -> list[tuple[int, int]]:
+    """(stream, state) of each STREAM_UPDATE read until ``until(updates)``; data read
+    meanwhile is dropped; at most 50 reads."""
+    updates: list[tuple[int, int]] = []
+    for _ in range(50):
+        data, _, flags = quic_recvmsg(sock, 4096)
+        if flags & uapi.MSG_QUIC_NOTIFICATION and data[0] == uapi.QUIC_EVENT_STREAM_UPDATE:
+            update = uapi.QuicStreamUpdate.unpack(data[1:])
+            updates.append((update.id, update.state))
+        if until(updates):
+            return updates
+    raise AssertionError(f"stream updates so far: {updates}")
+
+
+def test_stream_updates_follow_the_states_the_reference_lists(connected) -> None:
+    """Reference §1.6: recv Recv (a stream the peer opened, lower ones included) and
+    Data Recvd; send Reset Recvd once the peer has the reset."""
+    cli, child = connected()
+    on = uapi.QuicEventOption(uapi.QUIC_EVENT_STREAM_UPDATE, 1).pack()
+    for sock in (cli, child):
+        sock.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, on)
+    quic_sendmsg(cli, b"abc", 4, NEW | FIN)
+    received = stream_updates(child, lambda u: (4, uapi.QUIC_STREAM_RECV_STATE_RECVD) in u)
+    assert (0, uapi.QUIC_STREAM_RECV_STATE_RECV) in received
+    assert (4, uapi.QUIC_STREAM_RECV_STATE_RECV) in received
+
+    quic_sendmsg(cli, b"x", 8, NEW)
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, uapi.QuicErrinfo(8, 5).pack())
+    stream_updates(cli, lambda u: (8, uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD) in u)
