@@ -1324,15 +1324,61 @@ class Connection:
         self.dest_cids.on_new_connection_id(
             frame.sequence, frame.retire_prior_to, frame.cid, frame.stateless_reset_token
         )
-        while self.dest_cids.to_retire:
-            retire = RetireConnectionId(self.dest_cids.to_retire.pop(0))
-            self._queue_control(retire)
+        self._retire_dest_cids()
         return True
 
+    def _retire_dest_cids(self) -> None:
+        """RETIRE_CONNECTION_ID for each of the peer's IDs we stopped using, and the
+        CONNECTION_ID event that says so."""
+        if not self.dest_cids.to_retire:
+            return
+        while self.dest_cids.to_retire:
+            self._queue_control(RetireConnectionId(self.dest_cids.to_retire.pop(0)))
+        self._notify(uapi.QUIC_EVENT_CONNECTION_ID, self.connection_id_info(True).pack())
+
     def _on_retire_connection_id(self, frame: RetireConnectionId, level: int, now: float) -> bool:
+        known = len(self.source_cids.ids)
         self.source_cids.on_retire(frame.sequence, self._packet_dcid)
+        if len(self.source_cids.ids) != known:
+            self._notify(uapi.QUIC_EVENT_CONNECTION_ID, self.connection_id_info(False).pack())
         self._issue_connection_ids()
         return True
+
+    def connection_id_info(self, dest: bool) -> uapi.QuicConnectionIdInfo:
+        """QUIC_SOCKOPT_CONNECTION_ID get: the number of the ID in use and the lowest
+        not retired, of the peer's IDs (``dest``) or of ours. Ours in use is the one
+        the peer's last packet carried."""
+        if dest:
+            ids, active = self.dest_cids.ids, self.dest_cids.active.sequence
+        else:
+            ids = self.source_cids.ids
+            in_use = [e.sequence for e in ids.values() if e.cid == self._packet_dcid]
+            active = in_use[0] if in_use else min(ids, default=0)
+        return uapi.QuicConnectionIdInfo(int(dest), active, min(ids, default=0))
+
+    def set_connection_id(self, dest: bool, active: int, prior_to: int) -> None:
+        """QUIC_SOCKOPT_CONNECTION_ID set; 0 leaves a field as it is. Peer's IDs: use
+        the later one ``active``, retire those below ``prior_to``. Ours: ask the peer to
+        retire those below ``prior_to`` (NEW_CONNECTION_ID's retire_prior_to, with a new
+        ID to use instead); ``active`` is the peer's choice, not ours."""
+        if dest:
+            if active:
+                self.dest_cids.use(active)
+            if prior_to:
+                self.dest_cids.retire_below(prior_to)
+            self._retire_dest_cids()
+            return
+        if active:
+            raise ValueError("the peer chooses which of our connection IDs it uses")
+        source = self.source_cids
+        if prior_to and prior_to > source.retire_prior_to:
+            if prior_to > source.next_sequence:
+                raise ValueError(f"no connection ID numbered {prior_to} can be issued yet")
+            source.retire_prior_to = prior_to
+            entry = source.issue()
+            self._queue_control(
+                NewConnectionId(entry.sequence, prior_to, entry.cid, entry.reset_token)
+            )
 
     def _on_path_challenge(self, frame: PathChallenge, level: int, now: float) -> bool:
         """RFC 9000 §8.2.2: answer on the path the challenge came on, never again later."""
@@ -1436,8 +1482,7 @@ class Connection:
         """RFC 9000 §9.5: a new path gets a connection ID never used on another."""
         if not self.dest_cids.rotate():
             return False
-        while self.dest_cids.to_retire:
-            self._queue_control(RetireConnectionId(self.dest_cids.to_retire.pop(0)))
+        self._retire_dest_cids()
         return True
 
     def _start_path_check(self, addr: tuple, local: int, fallback, now: float) -> None:

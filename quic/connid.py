@@ -288,6 +288,24 @@ class DestinationConnectionIds:
         self._forget(old)
         return True
 
+    def use(self, sequence: int) -> None:
+        """Switch to the peer's ID ``sequence``, a later one than the active, and retire
+        those before it (QUIC_SOCKOPT_CONNECTION_ID's ``active``)."""
+        if sequence <= self.active.sequence or sequence not in self.ids:
+            raise ValueError(f"no later connection ID numbered {sequence}")
+        self.active = self.ids[sequence]
+        self.retire_below(sequence)
+
+    def retire_below(self, sequence: int) -> None:
+        """Retire the peer's IDs numbered below ``sequence`` (QUIC_SOCKOPT_CONNECTION_ID's
+        ``prior_to``); one at least must remain, and the active moves up if retired."""
+        if not any(s >= sequence for s in self.ids):
+            raise ValueError("that would retire every connection ID")
+        for seq in sorted(s for s in self.ids if s < sequence):
+            self._forget(seq)
+        if self.active.sequence < sequence:
+            self.active = self.ids[min(self.ids)]
+
     def reset_tokens(self) -> set[bytes]:
         """Tokens that identify a stateless reset from this peer (RFC 9000 §10.3.1)."""
         return {e.reset_token for e in self.ids.values() if e.reset_token is not None}

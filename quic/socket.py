@@ -1341,8 +1341,19 @@ class QuicSocket:
     def _get_transport_param_ext(self, request: bytes) -> bytes:
         return self._establishing().local_transport_params()
 
-    def _unsupported(self, value: bytes) -> None:
-        raise _err(errno.EOPNOTSUPP, "not supported yet")
+    def _set_connection_id(self, value: bytes) -> None:
+        info = uapi.QuicConnectionIdInfo.unpack(value)
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            raise ValueError("connection IDs change only once established")
+        conn.set_connection_id(bool(info.dest), info.active, info.prior_to)
+
+    def _get_connection_id(self, request: bytes) -> bytes:
+        info = uapi.QuicConnectionIdInfo.unpack(request) if request else None
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            raise ValueError("no connection IDs before the connection is established")
+        return conn.connection_id_info(bool(info and info.dest)).pack()
 
     _setters = {
         uapi.QUIC_SOCKOPT_EVENT: _set_event,
@@ -1351,7 +1362,7 @@ class QuicSocket:
         uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _set_connection_close,
         uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION: _set_connection_migration,
         uapi.QUIC_SOCKOPT_KEY_UPDATE: _set_key_update,
-        uapi.QUIC_SOCKOPT_CONNECTION_ID: _unsupported,
+        uapi.QUIC_SOCKOPT_CONNECTION_ID: _set_connection_id,
         uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _set_transport_param,
         uapi.QUIC_SOCKOPT_CONFIG: _set_config,
         uapi.QUIC_SOCKOPT_TOKEN: _set_token,
@@ -1363,6 +1374,7 @@ class QuicSocket:
     _getters = {
         uapi.QUIC_SOCKOPT_EVENT: _get_event,
         uapi.QUIC_SOCKOPT_STREAM_OPEN: _get_stream_open,
+        uapi.QUIC_SOCKOPT_CONNECTION_ID: _get_connection_id,
         uapi.QUIC_SOCKOPT_CONNECTION_CLOSE: _get_connection_close,
         uapi.QUIC_SOCKOPT_TRANSPORT_PARAM: _get_transport_param,
         uapi.QUIC_SOCKOPT_CONFIG: _get_config,

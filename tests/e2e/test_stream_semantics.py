@@ -389,3 +389,52 @@ def test_stream_updates_follow_the_states_the_reference_lists(connected) -> None
     quic_sendmsg(cli, b"x", 8, NEW)
     cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_STREAM_RESET, uapi.QuicErrinfo(8, 5).pack())
     stream_updates(cli, lambda u: (8, uapi.QUIC_STREAM_SEND_STATE_RESET_RECVD) in u)
+
+
+def cid_info(sock: QuicSocket, dest: int) -> tuple[int, int]:
+    request = uapi.QuicConnectionIdInfo(dest).pack()
+    info = uapi.QuicConnectionIdInfo.unpack(
+        sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_ID, request)
+    )
+    return info.active, info.prior_to
+
+
+def wait_for(condition, what: str) -> None:
+    for _ in range(100):
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(what)
+
+
+def test_connection_ids_are_read_switched_and_retired(connected) -> None:
+    """Reference §1.3 #4 and the CONNECTION_ID event (§1.6): the client moves to the
+    server's next ID and so retires the first; the server then asks the client to
+    retire its IDs below 3, and both report the retirements as events."""
+    cli, child = connected()
+    on = uapi.QuicEventOption(uapi.QUIC_EVENT_CONNECTION_ID, 1).pack()
+    child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_EVENT, on)
+    wait_for(lambda: len(cli.conn.dest_cids.ids) >= 4, "the server's spare connection IDs")
+    assert cid_info(cli, 1) == (0, 0)
+    switch = uapi.QuicConnectionIdInfo(1, 1, 0).pack()
+    cli.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_ID, switch)
+    assert cid_info(cli, 1) == (1, 1)
+    quic_sendmsg(cli, b"on the new ID", 0, NEW | FIN)
+    data, _, flags = quic_recvmsg(child, 4096)
+    while flags & uapi.MSG_QUIC_NOTIFICATION:  # the retirement of ID 0, then the data
+        assert data[0] == uapi.QUIC_EVENT_CONNECTION_ID
+        assert uapi.QuicConnectionIdInfo.unpack(data[1:]).prior_to == 1
+        data, _, flags = quic_recvmsg(child, 4096)
+    assert data == b"on the new ID"
+    assert cid_info(child, 0) == (1, 1)
+
+    retire = uapi.QuicConnectionIdInfo(0, 0, 3).pack()
+    child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_ID, retire)
+    quic_sendmsg(child, b"x", 1, NEW | FIN)  # carries the NEW_CONNECTION_ID along
+    wait_for(lambda: cid_info(cli, 1)[1] == 3, "the client retiring the IDs below 3")
+    assert cid_info(cli, 1)[0] >= 3
+    with pytest.raises(OSError) as info:  # which of ours the peer uses is its choice
+        child.setsockopt(
+            uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_ID, uapi.QuicConnectionIdInfo(0, 4).pack()
+        )
+    assert info.value.errno == errno.EINVAL
