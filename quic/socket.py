@@ -823,15 +823,16 @@ class QuicSocket:
         conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
             return conn  # every send after the handshake: nothing to wait for
+        if conn is None:
+            # Never connected (or a listener): nothing will ever establish it. EPIPE,
+            # as Linux TCP's sendmsg gives outside SYN_SENT/SYN_RECV.
+            raise _err(errno.EPIPE, "not connected")
         deadline = self._deadline()
         self._wait(
             lambda: (
-                self.conn is not None
-                and (
-                    self.conn.state != ESTABLISHING
-                    or self.conn.handshake_complete
-                    or (early and self.conn.zero_rtt_allowed)
-                )
+                conn.state != ESTABLISHING
+                or conn.handshake_complete
+                or (early and conn.zero_rtt_allowed)
             ),
             deadline,
             flags,

@@ -438,3 +438,16 @@ def test_connection_ids_are_read_switched_and_retired(connected) -> None:
             uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_ID, uapi.QuicConnectionIdInfo(0, 4).pack()
         )
     assert info.value.errno == errno.EINVAL
+
+
+def test_a_send_on_a_socket_never_connected_is_epipe() -> None:
+    """It would wait for ever for a connection that nothing makes; Linux TCP says
+    EPIPE there too."""
+    sock = QuicSocket(socket.AF_INET)
+    try:
+        for flags in (NEW | FIN, uapi.MSG_QUIC_DATAGRAM):
+            with pytest.raises(OSError) as info:
+                sock.sendmsg([b"data"], [], flags)
+            assert info.value.errno == errno.EPIPE
+    finally:
+        sock.close()
