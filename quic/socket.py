@@ -614,12 +614,16 @@ class QuicSocket:
     def _set_connection_migration(self, value: bytes) -> None:
         """Established client: move to a new local address (port 0: any), probing it with
         PATH_CHALLENGE first; the switch happens when the server answers. A server
-        socket before any connection: offer this address as preferred_address."""
+        socket before any connection, or a connection it accepted before the handshake:
+        offer this address as preferred_address."""
         addr = uapi.unpack_sockaddr(value)
         if self.conn is None:
             self._set_preferred_address(addr)
             return
         conn = self._check_alive()
+        if not conn.is_client and conn.state == ESTABLISHING:
+            self._offer_preferred_address(conn, addr)
+            return
         if not conn.is_client or conn.state != ESTABLISHED or self._new_tunnel:
             raise ValueError("only an established client migrates, once at a time")
         if (":" in addr[0]) != (self.family == _socket.AF_INET6):
@@ -646,6 +650,24 @@ class QuicSocket:
             self._preferred_tunnel = get_tunnel(addr, CID_LENGTH)
         except OSError as exc:
             raise ValueError(f"cannot bind {addr}: {exc.strerror}") from None
+
+    def _offer_preferred_address(self, conn: Connection, addr: tuple) -> None:
+        """A server connection, accepted and not yet past its ClientHello, offers
+        ``addr`` as its preferred_address (reference §1.3 #6), in place of any its
+        listener offers; the family may differ from the socket's."""
+        if conn.send_keys[uapi.QUIC_CRYPTO_HANDSHAKE] is not None:
+            raise ValueError("the transport parameters have gone out already")
+        inherited, self._preferred_tunnel = self._preferred_tunnel, None
+        try:
+            self._set_preferred_address(addr)
+        except ValueError:
+            self._preferred_tunnel = inherited
+            raise
+        if inherited is not None:
+            self._drop_routes(inherited)
+            put_tunnel(inherited)
+        conn.config.preferred_address = self._preferred_tunnel.local_addr
+        self._preferred_path = _PreferredPath(self)
 
     def _switch_tunnel(self, conn: Connection) -> None:
         """The new local path is validated: send from it; the old tunnel keeps our

@@ -50,9 +50,11 @@ def connect(port: int, pki, family: int = socket.AF_INET) -> QuicSocket:
     return sock
 
 
-def accept(srv: QuicSocket, pki) -> QuicSocket:
+def accept(srv: QuicSocket, pki, before_handshake=None) -> QuicSocket:
     child, _ = srv.accept()
     child.settimeout(TIMEOUT)
+    if before_handshake is not None:
+        before_handshake(child)
     quic_server_handshake(child, str(pki.server_key), str(pki.server_cert), "smb", timeout=TIMEOUT)
     return child
 
@@ -78,10 +80,18 @@ def negotiated_alpn(sock: QuicSocket) -> bytes:
     return sock.getsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_ALPN)
 
 
-def echo_digest(srv: QuicSocket, pki, streams: int, download: bytes = b"", report=negotiated_alpn):
+def echo_digest(
+    srv: QuicSocket,
+    pki,
+    streams: int,
+    download: bytes = b"",
+    report=negotiated_alpn,
+    on_accept=None,
+):
     """Answer each stream with the SHA-256 of what arrived, then ``download``; return
-    what ``report`` says of the connection before it closes."""
-    child = accept(srv, pki)
+    what ``report`` says of the connection before it closes. ``on_accept`` sees the
+    accepted socket before its handshake."""
+    child = accept(srv, pki, on_accept)
     child.settimeout(60)  # large transfers outlast the handshake timeout
     try:
         for sid, data in read_streams(child, streams):
@@ -649,19 +659,26 @@ def test_resumption_and_zero_rtt(pki, server_thread, accept_early, params_after_
         sock.close()
 
 
-def test_client_moves_to_the_servers_preferred_address(pki, server_thread) -> None:
-    """RFC 9000 §9.6: the listener offers a second address; after the handshake the
-    client validates it and carries on there, data intact."""
+@pytest.mark.parametrize("offered_by", ["listener", "connection"])
+def test_client_moves_to_the_servers_preferred_address(pki, server_thread, offered_by) -> None:
+    """RFC 9000 §9.6: the server offers a second address, set on the listener for every
+    connection, or on one accepted connection before its handshake (reference §1.3
+    #6); after the handshake the client validates it and carries on there, intact."""
     srv = listener()
     spare = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     spare.bind(("127.0.0.1", 0))
     preferred = spare.getsockname()
     spare.close()  # a free port for the preferred address
-    srv.setsockopt(
-        uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, uapi.pack_sockaddr(preferred)
-    )
+    offer = uapi.pack_sockaddr(preferred)
+    if offered_by == "listener":
+        srv.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, offer)
+
+    def on_accept(child: QuicSocket) -> None:
+        if offered_by == "connection":
+            child.setsockopt(uapi.SOL_QUIC, uapi.QUIC_SOCKOPT_CONNECTION_MIGRATION, offer)
+
     moved = attrgetter("_via_preferred")  # the server's side of the connection
-    server = server_thread(lambda: echo_digest(srv, pki, 1, report=moved))
+    server = server_thread(lambda: echo_digest(srv, pki, 1, report=moved, on_accept=on_accept))
     cli = connect(srv.getsockname()[1], pki)
     for _ in range(200):  # HANDSHAKE_DONE, then the PATH_CHALLENGE's answer
         if cli.conn.peer_addr == preferred:
