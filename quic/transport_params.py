@@ -449,8 +449,9 @@ _UAPI_FLAGS = ("disable_active_migration", "grease_quic_bit")
 
 
 def default_local_parameters() -> TransportParameters:
-    """What a new socket advertises: lxin/quic's quic_transport_param_init() values,
-    plus grease_quic_bit."""
+    """What a new socket advertises: lxin/quic's quic_transport_param_init() values.
+    grease_quic_bit is off, as there: a program turns it on with TRANSPORT_PARAM, and
+    with "0 means unchanged" could never turn it off again."""
     return TransportParameters(
         max_idle_timeout=30_000,
         max_udp_payload_size=65527,
@@ -463,7 +464,6 @@ def default_local_parameters() -> TransportParameters:
         ack_delay_exponent=3,
         max_ack_delay=25,
         active_connection_id_limit=7,
-        grease_quic_bit=True,  # RFC 9287 §3: advertise, so peers may vary the bit
     )
 
 

@@ -897,9 +897,10 @@ def test_stateless_reset_is_smaller_than_its_trigger() -> None:
 
 
 def test_grease_quic_bit_is_varied_only_toward_a_peer_that_allows_it() -> None:
-    """RFC 9287: both sides advertise by default, so 1-RTT packets carry a random QUIC
-    bit both ways and still arrive; a peer that did not advertise always gets 1."""
-    pair = Pair()
+    """RFC 9287: with both sides advertising, 1-RTT packets carry a random QUIC bit
+    both ways and still arrive; a peer that did not advertise always gets 1."""
+    pair = Pair(grease_quic_bit=True)
+    pair.client.local_params.grease_quic_bit = True
     seen: list[int] = []
     original = pair.client.receive_datagram
 
@@ -913,7 +914,8 @@ def test_grease_quic_bit_is_varied_only_toward_a_peer_that_allows_it() -> None:
     transfer(pair, 100_000, client_to_server=False)
     assert 0 in seen and 0x40 in seen
 
-    plain = Pair(grease_quic_bit=False)  # the server does not advertise
+    plain = Pair(grease_quic_bit=False)  # the server does not advertise; the client does
+    plain.client.local_params.grease_quic_bit = True
     plain.handshake()
     assert not plain.client.grease_bit and plain.server.grease_bit
     for _ in range(20):

@@ -541,7 +541,7 @@ def test_to_uapi_gives_microseconds() -> None:
     assert rec.max_idle_timeout == 30_000_000
     assert rec.max_ack_delay == 25_000
     assert rec.max_datagram_frame_size == 0
-    assert (rec.remote, rec.disable_active_migration, rec.grease_quic_bit) == (0, 0, 1)
+    assert (rec.remote, rec.disable_active_migration, rec.grease_quic_bit) == (0, 0, 0)
     assert (rec.max_streams_bidi, rec.max_streams_uni) == (100, 100)
     assert rec.max_data == 2_097_120
     assert rec.max_stream_data_bidi_local == rec.max_stream_data_uni == 1_048_560
