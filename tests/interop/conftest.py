@@ -329,14 +329,35 @@ class SilentServer:
         self.thread.join(10)
 
 
-def interrupt_after_handshake(argv: list[str], server: SilentServer) -> subprocess.Popen:
-    """Start a client, and press Ctrl-C (SIGINT) once ``server`` has its handshake."""
+def interrupt_after_handshake(argv: list[str], server: SilentServer) -> tuple[int, str]:
+    """Start a client, press Ctrl-C (SIGINT) once ``server`` has its handshake, and
+    return the client's exit status and stderr. It must be gone within 5 s: a close
+    that lingered for unacknowledged data would take 10."""
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT
     )
-    if server.handshaken.wait(30):
-        proc.send_signal(signal.SIGINT)
-    return proc
+    try:
+        if server.handshaken.wait(30):
+            proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+        server.close()
+    return proc.returncode, stderr
+
+
+def assert_credentials_refused(
+    tool: str, client: list[str], server: list[str], pki, tmp_path
+) -> None:
+    """Each of :func:`credential_mistakes` given to ``tool``'s client (--ca) or server
+    (the rest): exit 2 with the problem named, before any ``ready``, no traceback."""
+    for options, words in credential_mistakes(pki, tmp_path):
+        argv = [*(client if options[0] == "--ca" else server), *options]
+        result = subprocess.run(
+            python("-m", tool, *argv), capture_output=True, text=True, env=env(), timeout=20
+        )
+        assert result.returncode == 2 and words in result.stderr, (argv, result.stderr)
+        assert "ready" not in result.stdout and "Traceback" not in result.stderr
 
 
 def credential_mistakes(pki, tmp_path) -> list[tuple[list[str], str]]:

@@ -9,8 +9,8 @@ import pytest
 from kquic_tools import interop
 from tests.interop.conftest import (
     SilentServer,
+    assert_credentials_refused,
     check_files,
-    credential_mistakes,
     env,
     interrupt_after_handshake,
     kquic_client,
@@ -61,31 +61,19 @@ def test_client_ctrl_c_exits_quietly(pki, tmp_path) -> None:
     argv = python(
         "-m", "kquic_tools.interop", "client", url, "--output", str(tmp_path), "--insecure"
     )
-    proc = interrupt_after_handshake(argv, server)
-    try:
-        _, stderr = proc.communicate(timeout=5)
-    finally:
-        proc.kill()
-        server.close()
-    assert proc.returncode == 130, stderr
+    returncode, stderr = interrupt_after_handshake(argv, server)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr
 
 
 def test_credentials_gnutls_cannot_use_are_refused_at_startup(pki, tmp_path) -> None:
-    for options, words in credential_mistakes(pki, tmp_path):
-        if options[0] == "--ca":
-            argv = ["client", "https://127.0.0.1:4433/x", "--output", str(tmp_path), *options]
-        else:
-            argv = ["server", "--listen", "127.0.0.1:0", "--root", str(tmp_path), *options]
-        result = subprocess.run(
-            python("-m", "kquic_tools.interop", *argv),
-            capture_output=True,
-            text=True,
-            env=env(),
-            timeout=20,
-        )
-        assert result.returncode == 2 and words in result.stderr, (argv, result.stderr)
-        assert "ready" not in result.stdout and "Traceback" not in result.stderr
+    assert_credentials_refused(
+        "kquic_tools.interop",
+        ["client", "https://127.0.0.1:4433/x", "--output", str(tmp_path)],
+        ["server", "--listen", "127.0.0.1:0", "--root", str(tmp_path)],
+        pki,
+        tmp_path,
+    )
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "inf", "nan", "soon"])

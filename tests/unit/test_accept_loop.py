@@ -31,6 +31,21 @@ class Listener:
         self.pending.put(None)
 
 
+def run_loop(srv: Listener, handle, handled: list, conns: list[str]) -> threading.Thread:
+    """The accept loop in a thread of its own, fed ``conns``; returns once ``handled``
+    has as many entries (or after 5 s)."""
+    loop = threading.Thread(target=_accept_forever, args=(srv, handle), daemon=True)
+    loop.start()
+    for conn in conns:
+        srv.pending.put(conn)
+    deadline = threading.Event()
+    for _ in range(100):
+        if len(handled) == len(conns):
+            break
+        deadline.wait(0.05)
+    return loop
+
+
 def test_connections_are_handled_at_once_and_side_by_side() -> None:
     srv = Listener()
     together = threading.Barrier(3, timeout=TIMEOUT)  # passes only if all 3 run at once
@@ -40,15 +55,7 @@ def test_connections_are_handled_at_once_and_side_by_side() -> None:
         handled.append((conn, threading.get_ident()))
         together.wait()
 
-    loop = threading.Thread(target=_accept_forever, args=(srv, handle), daemon=True)
-    loop.start()
-    for conn in ("a", "b", "c"):
-        srv.pending.put(conn)
-    deadline = threading.Event()
-    for _ in range(100):
-        if len(handled) == 3:
-            break
-        deadline.wait(0.05)
+    loop = run_loop(srv, handle, handled, ["a", "b", "c"])
     assert sorted(c for c, _ in handled) == ["a", "b", "c"]
     assert len({ident for _, ident in handled}) == 3
     srv.close()
@@ -75,15 +82,7 @@ def test_without_a_thread_to_spare_the_acceptor_accepts_in_turn(monkeypatch) -> 
     monkeypatch.setattr(common._thread, "start_new_thread", start_once)
     srv = Listener()
     handled: list[str] = []
-    loop = threading.Thread(target=_accept_forever, args=(srv, handled.append), daemon=True)
-    loop.start()
-    for conn in ("a", "b", "c"):
-        srv.pending.put(conn)
-    deadline = threading.Event()
-    for _ in range(100):
-        if len(handled) == 3:
-            break
-        deadline.wait(0.05)
+    loop = run_loop(srv, handled.append, handled, ["a", "b", "c"])
     assert handled == ["a", "b", "c"]
     srv.close()
     loop.join(TIMEOUT)
