@@ -52,25 +52,31 @@ def offered_alpns(
     receives the client's Initial keys derived to read the datagram, by version: the
     connection the datagram starts needs the same, and need not derive them again.
     """
+    crypto = initial_crypto(datagram, cid_length, keys)
+    return None if crypto is None else alpns_in(crypto)
+
+
+def initial_crypto(
+    datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
+) -> bytes | None:
+    """The CRYPTO data of the datagram's Initial packets (see _initial_crypto_data), or
+    None when they do not authenticate under the client Initial keys of their DCID.
+    Anyone can make such keys, but a datagram whose packets do not open is not a
+    client's first flight, and must not cost a listener a connection (and its
+    application a handshake thread). ``keys`` receives the keys, as for offered_alpns."""
     try:
-        hello = _client_hello(_initial_crypto_data(datagram, cid_length, keys))
-        return None if hello is None else _alpn_extension(hello)
+        return _initial_crypto_data(datagram, cid_length, keys)
     except (QuicError, DecryptionError):
         return None
 
 
-def initial_opens(
-    datagram: bytes, cid_length: int, keys: dict[int, PacketKeys] | None = None
-) -> bool:
-    """Whether the datagram's Initial packets authenticate under the client Initial keys
-    of their DCID. Anyone can make such keys, but a datagram whose packets do not open
-    is not a client's first flight, and must not cost a listener a connection (and its
-    application a handshake thread). ``keys`` receives the keys, as for offered_alpns."""
+def alpns_in(crypto: bytes) -> list[bytes] | None:
+    """The ALPN list of the ClientHello at the start of ``crypto``, as offered_alpns."""
     try:
-        _initial_crypto_data(datagram, cid_length, keys)
-    except (QuicError, DecryptionError):
-        return False
-    return True
+        hello = _client_hello(crypto)
+        return None if hello is None else _alpn_extension(hello)
+    except QuicError:
+        return None
 
 
 def _initial_crypto_data(

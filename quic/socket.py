@@ -24,7 +24,6 @@ import os
 import socket as _socket
 import threading
 import time
-import weakref
 from _thread import allocate_lock
 from collections import deque
 from collections.abc import Iterable
@@ -120,7 +119,10 @@ class QuicSocket:
         self._peer_bidi_seen = -1  # the newest bidi stream of the peer's that was read
         self._accept_queue: deque[QuicSocket] = deque()
         self._backlog = 0
-        self._children: weakref.WeakSet[QuicSocket] = weakref.WeakSet()  # listener's
+        # Listener: connections made here whose handshake has not ended. Child: that
+        # set, until it leaves it (see _handshakes_in_progress).
+        self._handshaking: set[QuicSocket] = set()
+        self._in_backlog: set[QuicSocket] | None = None
         self._extra_routes: list[bytes] = []
         self._waiters = 0  # threads blocked in _wait
         self._checks: list = []  # the pure predicates some of them wait on
@@ -451,14 +453,14 @@ class QuicSocket:
     def _handshakes_in_progress(self) -> int:
         """Connections made here whose handshake has not ended, accepted or not. The
         backlog bounds them too: accepting at once, an application would otherwise run
-        a handshake (and a thread) for every Initial a flood brings."""
-        return sum(
-            1
-            for child in self._children
-            if child.conn is not None
-            and not child.conn.handshake_complete
-            and child.conn.state < CLOSING
-        )
+        a handshake (and a thread) for every Initial a flood brings. A child leaves the
+        count when established or closed (:meth:`_leave_backlog`)."""
+        return len(self._handshaking)
+
+    def _leave_backlog(self) -> None:
+        if self._in_backlog is not None:
+            self._in_backlog.discard(self)
+            self._in_backlog = None
 
     def _check_token(self, tunnel: Tunnel, header, addr: tuple) -> ValidatedToken | bool | None:
         """What the Initial's token proves: None without a usable one, False when the
@@ -520,7 +522,8 @@ class QuicSocket:
         tunnel.add_route(header.dcid, child)
         child._extra_routes.append(header.dcid)
         child.state = SOCK_ESTABLISHING
-        self._children.add(child)
+        self._handshaking.add(child)
+        child._in_backlog = self._handshaking
         self._accept_queue.append(child)
         self._wake_all()
         self._update_ready()
@@ -576,6 +579,7 @@ class QuicSocket:
             conn.derive_ahead()  # the first flight is out: spare time until an answer
         if conn.state == ESTABLISHED and self.state == SOCK_ESTABLISHING:
             self.state = SOCK_ESTABLISHED
+            self._leave_backlog()
         if conn.state == CLOSED:
             self._finish()
         else:
@@ -730,6 +734,7 @@ class QuicSocket:
 
     def _finish(self) -> None:
         """The connection is over: stop routing its IDs; release the tunnel once closed."""
+        self._leave_backlog()
         if self.conn is not None:
             self.conn.source_cids.release_all()
         if self._qlog is not None:
@@ -1445,6 +1450,7 @@ class QuicSocket:
             if self._released:
                 return
             self._released = True
+            self._leave_backlog()
             if self.state == SOCK_LISTENING:
                 self._stop_listening()
             if self.conn is None and self._preferred_tunnel is not None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .alpn import initial_opens, no_application_protocol_close, offered_alpns
+from .alpn import alpns_in, initial_crypto, no_application_protocol_close
 from .connid import (
     STATELESS_RESET_TOKEN_LENGTH,
     WorkerCids,
@@ -469,9 +469,10 @@ class Tunnel:
         if header.packet_type != PacketType.INITIAL or len(data) < MIN_INITIAL_SIZE:
             return None
         keys: dict[int, PacketKeys] = {}
-        if not initial_opens(data, self.cid_length, keys):
-            return None
-        candidates = self._listeners_for(data, header, addr, keys)
+        crypto = initial_crypto(data, self.cid_length, keys)
+        if crypto is None:
+            return None  # not a client's Initial: it makes no connection
+        candidates = self._listeners_for(crypto, header, addr)
         for listener in candidates:
             endpoint = self._guard(
                 listener.accept_initial,
@@ -501,9 +502,7 @@ class Tunnel:
             self._reset_budget -= 1
             self.sendto(reset, addr)
 
-    def _listeners_for(
-        self, data: bytes, header: Header, addr: Address, keys: dict[int, PacketKeys]
-    ) -> list[Listener]:
+    def _listeners_for(self, crypto: bytes, header: Header, addr: Address) -> list[Listener]:
         """The listeners to offer a new Initial to, in order (DESIGN §1).
 
         With several listeners, or any with an ALPN list, the client's ALPN chooses: for
@@ -512,10 +511,9 @@ class Tunnel:
         offered the client only when no specific listener matches; with neither, the
         client is refused here with no_application_protocol and no connection is made.
 
-        When the ALPN cannot be read from this first datagram (a ClientHello split
-        across datagrams, or none offered), every listener is offered the Initial in
-        registration order, as with a single listener. The client's Initial keys derived
-        to read the ALPN are left in ``keys``, by version.
+        When the ALPN cannot be read from ``crypto``, the CRYPTO data of this first
+        datagram (a ClientHello split across datagrams, or none offered), every listener
+        is offered the Initial in registration order, as with a single listener.
         """
         listeners = list(self.listeners)
         if not listeners:
@@ -523,7 +521,7 @@ class Tunnel:
         served = [(listener, listener.alpn_list()) for listener in listeners]
         if len(listeners) == 1 and not served[0][1]:
             return listeners
-        offered = offered_alpns(data, self.cid_length, keys)
+        offered = alpns_in(crypto)
         if offered is None:
             return listeners
         chosen: list[Listener] = []
