@@ -833,6 +833,20 @@ class Connection:
             unopened = True  # the rest of the datagram is malformed: drop it
         return unopened
 
+    def on_unreachable(self, addr: tuple, reason: bytes) -> bool:
+        """An ICMP error for a datagram to ``addr``. A client that has heard nothing
+        from its server there gives up at once, as a TCP connect does on a refusal;
+        anything else goes on (RFC 9000 §14.2.1: ICMP is easily forged, and a path
+        that answered once is judged by its loss detection). True when it ended."""
+        if not self.is_client or self.bytes_received or addr != self.peer_addr:
+            return False
+        if self.state >= CLOSING:
+            return False
+        self.close_info = CloseInfo(TransportError.NO_ERROR, None, reason, False)
+        self.state = CLOSED
+        self._notify_close()
+        return True
+
     def _on_stateless_reset(self, now: float) -> None:
         """RFC 9000 §10.3.1: the peer lost the connection; go quiet at once."""
         log.info("stateless reset from the peer")

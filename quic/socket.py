@@ -123,6 +123,7 @@ class QuicSocket:
         # set, until it leaves it (see _handshakes_in_progress).
         self._handshaking: set[QuicSocket] = set()
         self._in_backlog: set[QuicSocket] | None = None
+        self._unreachable = 0  # the errno of an ICMP error that ended the connect
         self._extra_routes: list[bytes] = []
         self._waiters = 0  # threads blocked in _wait
         self._checks: list = []  # the pure predicates some of them wait on
@@ -725,6 +726,18 @@ class QuicSocket:
         for token in self._reset_routes:
             tunnel.remove_reset_route(token)
 
+    def unreachable(self, addr: tuple, code: int) -> None:
+        """The tunnel's ICMP error report (see Connection.on_unreachable): a connect to
+        a closed port ends with ECONNREFUSED (or the error's errno) for its waiters."""
+        with self._lock:
+            conn = self.conn
+            if conn is None or not conn.on_unreachable(addr, os.strerror(code).encode()):
+                return
+            self._unreachable = code
+            woken = self._flush(time.monotonic())
+        for waiter in woken:
+            waiter.release()
+
     def timer_expired(self, now: float) -> None:
         with self._lock:
             self._cork_until = None  # a due timer, or the end of a hold: send now
@@ -798,6 +811,8 @@ class QuicSocket:
         return conn
 
     def _closed_error(self) -> OSError:
+        if self._unreachable:
+            return _err(self._unreachable)  # ECONNREFUSED: nothing listens there
         info = self.conn.close_info if self.conn else None
         if info is None or not info.remote:
             if info is not None and info.reason == b"idle timeout":
@@ -1490,6 +1505,9 @@ class _PreferredPath:
 
     def timer_expired(self, now: float) -> None:
         self.sock.timer_expired(now)
+
+    def unreachable(self, addr: tuple, code: int) -> None:
+        self.sock.unreachable(addr, code)
 
 
 def _datagram_room(conn: Connection) -> bool:

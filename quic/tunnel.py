@@ -76,6 +76,12 @@ _SEGMENT = struct.Struct("=H")
 UDP_GRO = 104
 _GRO_SIZE = struct.Struct("=i")
 RESETS_PER_SECOND = 100
+# ICMP errors for what a tunnel sent, queued by the kernel (Linux ip(7), ipv6(7)): each
+# read from the error queue gives the datagram's destination and a struct
+# sock_extended_err, whose first field is the errno (ECONNREFUSED: port unreachable).
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+_EE_ERRNO = struct.Struct("=I")
 # Room for the control messages of a read: the TOS / Traffic Class of the datagrams
 # and, with GRO, their segment size; and the byte of the TOS data holding the ECN bits
 # (IP_TOS data is one byte, IPV6_TCLASS an int).
@@ -94,6 +100,10 @@ class Endpoint(Protocol):
     def flush(self, now: float) -> None: ...
 
     def timer_expired(self, now: float) -> None: ...
+
+    def unreachable(self, addr: Address, code: int) -> None:
+        """An ICMP error (as errno ``code``) for a datagram sent to ``addr``."""
+        ...
 
 
 class Listener(Protocol):
@@ -399,8 +409,9 @@ class Tunnel:
                     data, addr = recvfrom(RECV_BUFFER)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # e.g. ICMP port unreachable surfaced on the socket
+            except OSError as exc:  # an ICMP error for something we sent
                 log.debug("recvfrom: %s", exc)
+                self._read_errors()
                 continue
             # Each datagram's own arrival time: RTT samples must not predate sends that
             # application threads made while this batch was being read.
@@ -416,6 +427,23 @@ class Tunnel:
         now = monotonic()
         for endpoint in touched.values():
             self._guard(endpoint.flush, now)
+
+    def _read_errors(self) -> None:
+        """Hand the ICMP errors queued on the socket to the connections of a tunnel
+        that serves no listener: a client whose server's port is closed hears so at
+        once, as a TCP connect does, instead of at its handshake timeout. A server's
+        tunnel only empties the queue: an ICMP error is easily forged, and one
+        connection among thousands is not worth a search."""
+        for _ in range(RECV_BATCH):
+            try:
+                _, ancdata, _, addr = self.sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except OSError:
+                return  # the queue is empty
+            code = _icmp_errno(ancdata)
+            if code is None or self.listeners:
+                continue
+            for endpoint in {id(e): e for e in self.routes.values()}.values():
+                self._guard(endpoint.unreachable, addr, code)
 
     def _deliver_segments(
         self, segments: list, addr: Address, now: float, ecn: int, touched: dict
@@ -573,7 +601,22 @@ def udp_socket(family: int) -> socket.socket:
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     forbid_fragmentation(sock, family)
+    receive_errors(sock, family)
     return sock
+
+
+def receive_errors(sock: socket.socket, family: int) -> None:
+    """Queue ICMP errors for what ``sock`` sends (see Tunnel._read_errors): without it
+    an unconnected UDP socket never hears them. Where the kernel refuses, nothing
+    changes but that a client learns of a closed port only by its timeout."""
+    options = [(socket.IPPROTO_IP, IP_RECVERR)]
+    if family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, IPV6_RECVERR))
+    for level, option in options:
+        try:
+            sock.setsockopt(level, option, 1)
+        except OSError:
+            pass
 
 
 def enable_ecn(sock: socket.socket, family: int) -> tuple[int, bool]:
@@ -609,6 +652,18 @@ def enable_gro(sock: socket.socket) -> bool:
         log.info("UDP GRO unavailable (%s): reading datagrams one by one", exc)
         return False
     return True
+
+
+def _icmp_errno(ancdata: list) -> int | None:
+    """The errno of an error-queue read's sock_extended_err, if it has one."""
+    for level, kind, data in ancdata:
+        recverr = (level, kind) in (
+            (socket.IPPROTO_IP, IP_RECVERR),
+            (socket.IPPROTO_IPV6, IPV6_RECVERR),
+        )
+        if recverr and len(data) >= _EE_ERRNO.size:
+            return _EE_ERRNO.unpack_from(data)[0]
+    return None
 
 
 def _received_cmsgs(ancdata: list) -> tuple[int, int]:

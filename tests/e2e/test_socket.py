@@ -249,16 +249,35 @@ def test_a_readiness_pipe_made_late_starts_in_step(pki, server_thread) -> None:
     srv.close()
 
 
-def test_closed_port_is_refused_or_times_out(pki) -> None:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_a_closed_port_refuses_the_connect_at_once(pki, family) -> None:
+    """The ICMP port unreachable that answers the ClientHello ends the handshake with
+    ECONNREFUSED, as a TCP connect to a closed port does, not with the 10 s timeout."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    probe.bind((host, 0))
     port = probe.getsockname()[1]
     probe.close()
-    cli = QuicSocket()
-    cli.connect(("127.0.0.1", port))
-    with pytest.raises((TimeoutError, ConnectionError, OSError)):
-        quic_client_handshake(cli, None, "server.test", "smb", ca_file=str(pki.ca), timeout=1.0)
+    cli = QuicSocket(family)
+    cli.connect((host, port))
+    with pytest.raises(ConnectionRefusedError):
+        quic_client_handshake(cli, None, "server.test", "smb", ca_file=str(pki.ca), timeout=10)
     cli.close()
+
+
+def test_an_icmp_error_ends_only_a_connect_that_heard_nothing(pki, server_thread) -> None:
+    """RFC 9000 §14.2.1: ICMP is easily forged. Once the server has answered, an ICMP
+    error naming its address changes nothing; neither does one naming another."""
+    srv = listener()
+    server = server_thread(lambda: accept(srv, pki))
+    cli = connect(srv.getsockname()[1], pki)
+    child = server.join()
+    for addr in (srv.getsockname(), ("127.0.0.1", 9)):
+        cli.unreachable(addr, errno.ECONNREFUSED)
+    quic_sendmsg(cli, b"still here", 0, uapi.MSG_QUIC_STREAM_NEW | uapi.MSG_QUIC_STREAM_FIN)
+    assert read_stream(child) == (0, b"still here")
+    for sock in (cli, child, srv):
+        sock.close()
 
 
 def test_close_reaches_the_peer_with_its_code(pki, server_thread) -> None:
