@@ -641,11 +641,15 @@ class Connection:
         for _ in range(
             self.source_cids.wanted(min(self.peer_params.active_connection_id_limit, 8))
         ):
-            entry = self.source_cids.issue()
-            frame = NewConnectionId(
-                entry.sequence, self.source_cids.retire_prior_to, entry.cid, entry.reset_token
-            )
-            self._queue_control(frame)
+            self._issue_connection_id()
+
+    def _issue_connection_id(self) -> None:
+        """A new ID of ours, announced in NEW_CONNECTION_ID with our retire_prior_to."""
+        entry = self.source_cids.issue()
+        frame = NewConnectionId(
+            entry.sequence, self.source_cids.retire_prior_to, entry.cid, entry.reset_token
+        )
+        self._queue_control(frame)
 
     # ------------------------------------------------------------------
     # receiving
@@ -1389,10 +1393,7 @@ class Connection:
             if prior_to > source.next_sequence:
                 raise ValueError(f"no connection ID numbered {prior_to} can be issued yet")
             source.retire_prior_to = prior_to
-            entry = source.issue()
-            self._queue_control(
-                NewConnectionId(entry.sequence, prior_to, entry.cid, entry.reset_token)
-            )
+            self._issue_connection_id()
 
     def _on_path_challenge(self, frame: PathChallenge, level: int, now: float) -> bool:
         """RFC 9000 §8.2.2: answer on the path the challenge came on, never again later."""
@@ -2656,11 +2657,9 @@ class Connection:
         stream = self.streams.get(sid)
         if stream is None:
             raise StreamClosedError(sid)
-        send = stream.send
-        if send is None:
+        if stream.send is None:
             raise StreamStateError("stream has no send side")
-        if send.fin_written or send.reset_code is not None:
-            raise StreamStateError("stream already finished or reset")
+        stream.send.check_writable()
 
     def unacked_stream_data(self) -> bool:
         """Whether any stream still has data or a FIN the peer has not acknowledged."""

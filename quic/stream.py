@@ -231,9 +231,14 @@ class SendStream:
 
     # the application's side
 
-    def write(self, data: bytes | bytearray | memoryview, fin: bool = False) -> None:
+    def check_writable(self) -> None:
+        """StreamStateError once the stream takes no more data: its FIN is written, or
+        it is reset (by us, or answering the peer's STOP_SENDING)."""
         if self.fin_written or self.reset_code is not None:
             raise StreamStateError("stream already finished or reset")
+
+    def write(self, data: bytes | bytearray | memoryview, fin: bool = False) -> None:
+        self.check_writable()
         n = len(data)
         if n >= CHUNK_MIN:
             self._freeze()
