@@ -160,15 +160,16 @@ def _accept_forever(srv: QuicSocket, handle: Callable[[QuicSocket], None]) -> in
                 return
             try:
                 _thread.start_new_thread(acceptor, ())
+                relieved = True
             except RuntimeError as exc:
                 # No thread to spare (a thread or memory limit): this one handles the
                 # connection and then accepts again, so the server slows down under
                 # load but never stops accepting.
                 log.warning("no thread for the next acceptor (%s): accepting in turn", exc)
-                handle(conn)
-                continue
+                relieved = False
             handle(conn)
-            return
+            if relieved:
+                return
 
     try:
         _thread.start_new_thread(acceptor, ())
